@@ -3,10 +3,33 @@ ends with `config_changed()`, which tells every gateway process to rebuild its s
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
+from django.utils.text import slugify
 
-from routing.models import AccessKey, ConfigVersion, VirtualEndpoint, hash_secret
+from billing.ledger import Posted, post_entry
+from billing.models import LedgerKind
+from routing.models import (
+    AccessKey,
+    ConfigVersion,
+    LogicalModel,
+    ManagementToken,
+    Membership,
+    Organization,
+    PhysicalModel,
+    Provider,
+    Role,
+    Route,
+    VirtualEndpoint,
+    hash_secret,
+)
 
 _config_listeners: list = []
 
@@ -51,3 +74,323 @@ def key_create(
         key.allowed_models.set(allowed_models)
     config_changed()
     return key, secret
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+def _save(instance, *, fields: dict, allowed: frozenset[str]) -> None:
+    """Apply `fields` (only names in `allowed`), validate the whole row, save only what changed.
+
+    update_fields matters: billing moves VE and key counters with F() expressions in
+    other transactions, and a full save() here would write back stale counter values.
+    """
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    instance.full_clean()
+    update_fields = list(fields)
+    if hasattr(instance, "updated_at"):
+        update_fields.append("updated_at")
+    instance.save(update_fields=update_fields)
+
+
+def _create(model, **fields):
+    instance = model(**fields)
+    instance.full_clean()
+    instance.save(force_insert=True)
+    return instance
+
+
+# --- organizations, merchants, management tokens ---------------------------------------
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:50] or "org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+@transaction.atomic
+def organization_create(*, name: str, slug: str | None = None) -> Organization:
+    return _create(Organization, name=name, slug=slug or _unique_slug(name))
+
+
+@transaction.atomic
+def management_token_create(
+    *, organization: Organization, name: str = "default", created_by=None
+) -> tuple[ManagementToken, str]:
+    """Create a management API token; returns it with its secret (shown once, stored hashed)."""
+    secret = ManagementToken.new_secret()
+    token = ManagementToken.objects.create(
+        organization=organization, name=name, prefix=secret[:10], token_hash=hash_secret(secret), created_by=created_by
+    )
+    return token, secret
+
+
+@transaction.atomic
+def management_token_revoke(*, token: ManagementToken) -> ManagementToken:
+    token.revoked = True
+    token.save(update_fields=["revoked"])
+    return token
+
+
+@transaction.atomic
+def merchant_create(
+    *, organization_name: str, email: str, password: str | None = None
+) -> tuple[Organization, object, str]:
+    """A new organization, its owner (username = email) and a management token secret."""
+    User = get_user_model()
+    if User.objects.filter(username__iexact=email).exists():
+        raise ValidationError({"email": f"A user {email} already exists."})
+    organization = organization_create(name=organization_name)
+    user = User.objects.create_user(username=email, email=email, password=password)
+    if password is None:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    Membership.objects.create(user=user, organization=organization, role=Role.OWNER)
+    _, secret = management_token_create(organization=organization, name="created by create_merchant", created_by=user)
+    return organization, user, secret
+
+
+# --- providers ------------------------------------------------------------------------
+
+PROVIDER_FIELDS = frozenset(
+    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "read_timeout", "enabled"}
+)
+
+
+@transaction.atomic
+def provider_create(*, organization: Organization, name: str, kind: str, base_url: str, api_key: str = "",
+                    **fields) -> Provider:
+    """`api_key` is write-only: encrypted here, never returned by any read."""
+    provider = Provider(organization=organization, name=name, kind=kind, base_url=base_url)
+    if api_key:
+        provider.set_credentials(api_key)
+    _check_fields(fields, PROVIDER_FIELDS)
+    for field_name, value in fields.items():
+        setattr(provider, field_name, value)
+    provider.full_clean()
+    provider.save(force_insert=True)
+    config_changed()
+    return provider
+
+
+@transaction.atomic
+def provider_update(*, provider: Provider, api_key: str | None = None, **fields) -> Provider:
+    """An empty or missing `api_key` keeps the stored credential (forms never echo it back)."""
+    if api_key:
+        provider.set_credentials(api_key)
+        fields_to_save = {**fields, "credentials_encrypted": provider.credentials_encrypted}
+    else:
+        fields_to_save = fields
+    _save(provider, fields=fields_to_save, allowed=PROVIDER_FIELDS | {"credentials_encrypted"})
+    config_changed()
+    return provider
+
+
+@transaction.atomic
+def provider_delete(*, provider: Provider) -> None:
+    provider.delete()
+    config_changed()
+
+
+def _check_fields(fields: dict, allowed: frozenset[str]) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
+
+
+# --- physical models ------------------------------------------------------------------
+
+PHYSICAL_MODEL_FIELDS = frozenset(
+    {"upstream_model", "modality", "input_cost_per_mtok", "cached_input_cost_per_mtok", "cache_write_cost_per_mtok",
+     "output_cost_per_mtok", "image_costs", "audio_cost_per_second", "enabled"}
+)
+
+
+@transaction.atomic
+def physical_model_create(*, provider: Provider, upstream_model: str, **fields) -> PhysicalModel:
+    _check_fields(fields, PHYSICAL_MODEL_FIELDS)
+    physical_model = _create(PhysicalModel, provider=provider, upstream_model=upstream_model, **fields)
+    config_changed()
+    return physical_model
+
+
+@transaction.atomic
+def physical_model_update(*, physical_model: PhysicalModel, **fields) -> PhysicalModel:
+    if "modality" in fields and fields["modality"] != physical_model.modality:
+        if physical_model.routes.exclude(logical_model__modality=fields["modality"]).exists():
+            raise ValidationError({"modality": "Logical models of another modality route to this model."})
+    _save(physical_model, fields=fields, allowed=PHYSICAL_MODEL_FIELDS)
+    config_changed()
+    return physical_model
+
+
+@transaction.atomic
+def physical_model_delete(*, physical_model: PhysicalModel) -> None:
+    physical_model.delete()
+    config_changed()
+
+
+# --- logical models and routes --------------------------------------------------------
+
+LOGICAL_MODEL_FIELDS = frozenset(
+    {"name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
+     "cache_write_price_per_mtok", "output_price_per_mtok", "image_prices", "price_per_second",
+     "default_max_output_tokens", "enabled"}
+)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    physical_model: PhysicalModel
+    priority: int = 0
+    weight: Decimal = Decimal("1")
+    enabled: bool = True
+
+
+@transaction.atomic
+def logical_model_create(*, organization: Organization, name: str, routes: Sequence[RouteSpec] = (),
+                         **fields) -> LogicalModel:
+    _check_fields(fields, LOGICAL_MODEL_FIELDS)
+    logical_model = _create(LogicalModel, organization=organization, name=name, **fields)
+    _routes_replace(logical_model, routes)
+    config_changed()
+    return logical_model
+
+
+@transaction.atomic
+def logical_model_update(*, logical_model: LogicalModel, routes: Sequence[RouteSpec] | None = None,
+                         **fields) -> LogicalModel:
+    """`routes=None` keeps the routes; a list (even empty) replaces all of them."""
+    _save(logical_model, fields=fields, allowed=LOGICAL_MODEL_FIELDS)
+    if routes is not None:
+        _routes_replace(logical_model, routes)
+    elif "modality" in fields:
+        _validate_routes(logical_model, [RouteSpec(r.physical_model) for r in logical_model.routes.all()])
+    config_changed()
+    return logical_model
+
+
+@transaction.atomic
+def logical_model_delete(*, logical_model: LogicalModel) -> None:
+    logical_model.delete()
+    config_changed()
+
+
+def _validate_routes(logical_model: LogicalModel, routes: Sequence[RouteSpec]) -> None:
+    seen: set[int] = set()
+    for spec in routes:
+        pm = spec.physical_model
+        if pm.provider.organization_id != logical_model.organization_id:
+            raise ValidationError({"routes": f"Unknown physical model {pm.pk}."})
+        if pm.modality != logical_model.modality:
+            raise ValidationError(
+                {"routes": f"Physical model {pm.pk} is {pm.modality}; {logical_model.name} is {logical_model.modality}."}
+            )
+        if pm.pk in seen:
+            raise ValidationError({"routes": f"Physical model {pm.pk} is routed twice."})
+        if spec.weight < 0 or spec.priority < 0:
+            raise ValidationError({"routes": "Priority and weight must be zero or more."})
+        seen.add(pm.pk)
+
+
+def _routes_replace(logical_model: LogicalModel, routes: Sequence[RouteSpec]) -> None:
+    _validate_routes(logical_model, routes)
+    logical_model.routes.all().delete()
+    for spec in routes:
+        _create(Route, logical_model=logical_model, physical_model=spec.physical_model, priority=spec.priority,
+                weight=Decimal(spec.weight), enabled=spec.enabled)
+
+
+# --- virtual endpoints ----------------------------------------------------------------
+
+ENDPOINT_FIELDS = frozenset(
+    {"name", "description", "requests_per_minute", "tokens_per_minute", "exhaustion_mode", "checkout_amounts",
+     "checkout_currencies", "checkout_min_amount", "checkout_max_amount", "low_balance_threshold", "status"}
+)
+
+
+@transaction.atomic
+def endpoint_create(*, organization: Organization, name: str, allowed_models: Iterable[LogicalModel] = (),
+                    **fields) -> VirtualEndpoint:
+    """A new VE starts with no credits: add them with grant_credits or a top-up."""
+    _check_fields(fields, ENDPOINT_FIELDS)
+    endpoint = _create(VirtualEndpoint, organization=organization, name=name, **fields)
+    endpoint.allowed_models.set(_same_org_models(organization, allowed_models))
+    config_changed()
+    return endpoint
+
+
+@transaction.atomic
+def endpoint_update(*, endpoint: VirtualEndpoint, allowed_models: Iterable[LogicalModel] | None = None,
+                    **fields) -> VirtualEndpoint:
+    _save(endpoint, fields=fields, allowed=ENDPOINT_FIELDS)
+    if allowed_models is not None:
+        endpoint.allowed_models.set(_same_org_models(endpoint.organization, allowed_models))
+    config_changed()
+    return endpoint
+
+
+@transaction.atomic
+def endpoint_delete(*, endpoint: VirtualEndpoint) -> None:
+    """Refused (ProtectedError) once the VE has ledger entries: suspend it instead."""
+    endpoint.delete()
+    config_changed()
+
+
+def _same_org_models(organization: Organization, models: Iterable[LogicalModel]) -> list[LogicalModel]:
+    models = list(models)
+    foreign = [m for m in models if m.organization_id != organization.pk]
+    if foreign:
+        raise ValidationError({"allowed_models": f"Unknown logical model {foreign[0].name!r}."})
+    return models
+
+
+# --- access keys ----------------------------------------------------------------------
+
+KEY_FIELDS = frozenset({"name", "expires_at", "enabled", "credit_limit"})
+
+
+@transaction.atomic
+def key_update(*, key: AccessKey, allowed_models: Iterable[LogicalModel] | None = None, **fields) -> AccessKey:
+    _save(key, fields=fields, allowed=KEY_FIELDS)
+    if allowed_models is not None:
+        key.allowed_models.set(_same_org_models(key.virtual_endpoint.organization, allowed_models))
+    config_changed()
+    return key
+
+
+@transaction.atomic
+def key_revoke(*, key: AccessKey) -> AccessKey:
+    """Disable a key; it stays listed (and in request logs) but authenticates nothing."""
+    return key_update(key=key, enabled=False)
+
+
+@transaction.atomic
+def key_delete(*, key: AccessKey) -> None:
+    key.delete()
+    config_changed()
+
+
+# --- credits --------------------------------------------------------------------------
+
+def grant_credits(*, virtual_endpoint: VirtualEndpoint, credits: Decimal | int | str, note: str = "",
+                  idempotency_key: str | None = None, created_by=None) -> Posted:
+    """Add credits to a VE through the ledger (a `grant` entry). Replaying the same
+    idempotency key returns the first entry and moves nothing."""
+    from billing.money import MoneyError, credits_to_micros_exact
+
+    try:
+        amount = credits_to_micros_exact(credits)
+    except MoneyError as exc:
+        raise ValidationError({"credits": str(exc)}) from None
+    if amount <= 0:
+        raise ValidationError({"credits": "Grant a positive number of credits."})
+    key = idempotency_key or f"grant:{uuid.uuid4().hex}"
+    return post_entry(virtual_endpoint=virtual_endpoint, kind=LedgerKind.GRANT, amount=amount, idempotency_key=key,
+                      note=note, created_by=created_by)

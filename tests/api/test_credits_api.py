@@ -1,0 +1,99 @@
+from decimal import Decimal
+
+from billing.ledger import ledger_sums
+from billing.models import ExchangeRate, LedgerEntry
+from billing.rates import rate_in_force, rate_set
+from tests import factories
+
+
+def test_grant_posts_a_ledger_entry_and_returns_the_balance(api, org):
+    # given
+    ve = factories.make_ve(org, credits=10)
+    # when
+    response = api.post(f"/virtual-endpoints/{ve.public_id}/grants", {"credits": "1000.5", "note": "welcome"})
+    # then
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["entry"]["kind"] == "grant" and body["entry"]["amount"] == "1000.5"
+    assert body["balance"] == "1010.5" and body["credit_budget"] == "1010.5"
+    ve.refresh_from_db()
+    assert ve.credit_budget == 1_010_500_000 == ledger_sums(ve.pk)[0]
+    assert LedgerEntry.objects.get(pk=body["entry"]["id"]).note == "welcome"
+
+
+def test_grant_with_idempotency_key_posts_once(api, org):
+    ve = factories.make_ve(org)
+    path = f"/virtual-endpoints/{ve.public_id}/grants"
+    first = api.post(path, {"credits": "5", "idempotency_key": "promo-1"})
+    replay = api.post(path, {"credits": "5", "idempotency_key": "promo-1"})
+    assert (first.status_code, replay.status_code) == (201, 200)
+    assert replay.json()["entry"]["id"] == first.json()["entry"]["id"]
+    assert replay.json()["balance"] == "5"
+    assert [g["amount"] for g in api.get(path).json()] == ["5"]
+
+
+def test_grant_validation(api, org):
+    ve = factories.make_ve(org)
+    path = f"/virtual-endpoints/{ve.public_id}/grants"
+    for bad in ({"credits": "0"}, {"credits": "-5"}, {"credits": "abc"}, {}, {"credits": "0.0000001"}):
+        assert api.post(path, bad).status_code == 422, bad
+    assert not LedgerEntry.objects.filter(virtual_endpoint=ve).exists()
+
+
+def test_exchange_rate_put_keeps_history(api, org):
+    # when
+    first = api.put("/exchange-rates/usd", {"credits_per_unit": "100000"})
+    second = api.put("/exchange-rates/USD", {"credits_per_unit": "120000.5"})
+    # then
+    assert first.status_code == 200 and second.json()["credits_per_unit"] == "120000.5"
+    assert second.json()["scope"] == "organization" and second.json()["in_force"] is True
+    detail = api.get("/exchange-rates/USD").json()
+    assert detail["in_force"]["credits_per_unit"] == "120000.5"
+    assert [r["credits_per_unit"] for r in detail["history"]] == ["120000.5", "100000"]
+    assert ExchangeRate.objects.filter(organization=org, currency="USD").count() == 2
+
+
+def test_exchange_rate_list_shows_defaults_not_other_orgs(api, org, other_org):
+    # given
+    rate_set(None, "EUR", "110000")
+    rate_set(other_org, "EUR", "1")
+    # when
+    rows = api.get("/exchange-rates").json()
+    # then
+    assert [(r["currency"], r["credits_per_unit"], r["scope"], r["in_force"]) for r in rows] == [
+        ("EUR", "110000", "default", True)
+    ]
+
+
+def test_exchange_rate_validation(api):
+    assert api.put("/exchange-rates/USD", {"credits_per_unit": "0"}).status_code == 422
+    assert api.put("/exchange-rates/USD", {"credits_per_unit": "-3"}).status_code == 422
+    assert api.put("/exchange-rates/US", {"credits_per_unit": "1"}).status_code == 400
+    assert api.put("/exchange-rates/DOLLARS", {"credits_per_unit": "1"}).status_code == 400
+
+
+def test_rate_in_force_prefers_the_organizations_row(org, other_org):
+    # given
+    rate_set(None, "USD", "100000")
+    rate_set(org, "USD", "90000")
+    # then
+    assert rate_in_force(org.pk, "USD").credits_per_unit == Decimal("90000")
+    assert rate_in_force(other_org.pk, "USD").credits_per_unit == Decimal("100000")
+    assert rate_in_force(None, "USD").credits_per_unit == Decimal("100000")
+    assert rate_in_force(org.pk, "JPY") is None
+
+
+def test_rate_in_force_uses_the_rate_effective_at_a_time(org):
+    # given
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    rate_set(org, "USD", "100", effective_from=now - timedelta(days=10))
+    rate_set(org, "USD", "200", effective_from=now - timedelta(days=1))
+    rate_set(org, "USD", "300", effective_from=now + timedelta(days=1))
+    # then
+    assert rate_in_force(org.pk, "USD").credits_per_unit == Decimal("200")
+    assert rate_in_force(org.pk, "USD", at=now - timedelta(days=5)).credits_per_unit == Decimal("100")
+    assert rate_in_force(org.pk, "USD", at=now + timedelta(days=2)).credits_per_unit == Decimal("300")
