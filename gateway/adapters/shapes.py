@@ -1,0 +1,133 @@
+"""OpenAI wire shapes and small parsing helpers shared by the translating adapters
+(anthropic, gemini). Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+import uuid
+
+from gateway.adapters.base import UpstreamError, Usage
+
+# Anything URL- or key-shaped is cut out of upstream error messages before they reach a
+# client or a log: an upstream may echo the URL it was called on or part of a key.
+_SECRETISH = re.compile(r"https?://\S+|\b(?:sk|key|AIza)[-_A-Za-z0-9]{12,}|\b[A-Za-z0-9_-]{32,}\b")
+MAX_ERROR_MESSAGE = 500
+
+
+def new_id(prefix: str = "chatcmpl-") -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def openai_usage(usage: Usage, reasoning_tokens: int | None = None) -> dict:
+    """OpenAI's usage object: prompt_tokens includes cached reads (and, here, cache writes)."""
+    prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_creation_tokens
+    out = {
+        "prompt_tokens": prompt,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": prompt + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    }
+    if reasoning_tokens:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return out
+
+
+def completion(*, id: str, model: str, choices: list[dict], usage: dict) -> dict:
+    return {"id": id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": usage}
+
+
+def chunk(*, id: str, model: str, created: int, delta: dict, index: int = 0, finish_reason: str | None = None) -> dict:
+    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def usage_chunk(*, id: str, model: str, created: int, usage: dict) -> dict:
+    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage}
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """data:image/png;base64,AAAA -> ("image/png", "AAAA"); None when not a base64 data URL."""
+    if not url.startswith("data:"):
+        return None
+    header, sep, data = url[5:].partition(",")
+    if not sep or ";base64" not in header:
+        return None
+    return header.split(";", 1)[0] or "application/octet-stream", data
+
+
+def image_url_of(part: dict) -> str:
+    image = part.get("image_url")
+    return image.get("url", "") if isinstance(image, dict) else str(image or "")
+
+
+def text_of(content) -> str:
+    """The text of an OpenAI message content (a string, or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def stop_list(stop) -> list[str] | None:
+    if stop is None:
+        return None
+    stops = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
+    return stops or None
+
+
+def max_output_tokens(body: dict) -> int | None:
+    value = body.get("max_completion_tokens")
+    return value if value is not None else body.get("max_tokens")
+
+
+def tool_arguments(call: dict) -> dict:
+    """An assistant tool call's JSON arguments as an object (the client's fault if invalid)."""
+    raw = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        args = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise bad_request("tool_calls[].function.arguments is not valid JSON", param="messages") from None
+    return args if isinstance(args, dict) else {"value": args}
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> UpstreamError:
+    return UpstreamError(400, message, transient=False, type="invalid_request_error", param=param, code=code)
+
+
+def malformed(what: str) -> UpstreamError:
+    """A malformed upstream answer: the route is broken, so the gateway may fall back."""
+    return UpstreamError(502, f"malformed upstream answer: {what}", transient=True, code="bad_upstream_response")
+
+
+def load_json(data: bytes | str, what: str):
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise malformed(what) from None
+
+
+def retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
+    lowered = {k.lower(): v for k, v in (headers or {}).items()}
+    raw = (lowered.get("retry-after") or "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def scrub(message: str) -> str:
+    return _SECRETISH.sub("[redacted]", str(message or ""))[:MAX_ERROR_MESSAGE]
