@@ -154,16 +154,21 @@ def _count_message(message: dict, model: str | None) -> int:
 
 
 def count_content(content, model: str | None = None) -> int:
-    """A message's content: a string, or a list of parts (text counted, images estimated)."""
+    """A message's content (a string, or a list of parts: text counted, images estimated),
+    or an embeddings input (a string, a list of strings, token ids, or lists of token ids)."""
     if content is None:
         return 0
     if isinstance(content, str):
         return count_text(content, model)
+    if isinstance(content, int):
+        return 1
     total = 0
     for part in content if isinstance(content, list) else ():
-        if not isinstance(part, dict):
+        if isinstance(part, (str, int, list)):
+            total += count_content(part, model)
+        elif not isinstance(part, dict):
             continue
-        if part.get("type") == "text":
+        elif part.get("type") == "text":
             total += count_text(str(part.get("text") or ""), model)
         elif part.get("type") == "image_url":
             detail = (part.get("image_url") or {}).get("detail") if isinstance(part.get("image_url"), dict) else None

@@ -153,3 +153,14 @@ def test_concurrent_first_use_builds_one_encoding(monkeypatch):
     [t.join() for t in threads]
     # then
     assert len({id(r) for r in results}) == 1
+
+
+def test_count_content_handles_embeddings_inputs():
+    # given: the shapes OpenAI's embeddings "input" may take
+    c = tokens.count_text
+    # when / then
+    assert tokens.count_content("hello world") == 2
+    assert tokens.count_content(["hello world", "The quick brown fox jumps over the lazy dog."]) == 2 + 10
+    assert tokens.count_content([15339, 1917]) == 2
+    assert tokens.count_content([[15339, 1917], [1, 2, 3]]) == 5
+    assert tokens.count_content([]) == 0 and c("") == 0
