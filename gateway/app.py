@@ -1,20 +1,221 @@
-"""The gateway: a plain ASGI application (placeholder until the gateway issue lands)."""
+"""The gateway: a plain ASGI application, mounted ahead of Django by tokenbill/routing.py.
+
+No Django request machinery and no SQL on the hot path: the VE, key, logical model and
+routes come from the in-process snapshot (routing/cache.py). Endpoints:
+
+    POST /v1/chat/completions   (stream and not)
+    POST /v1/embeddings
+    GET  /v1/models             (the VE's allowed logical models, within the key's allow-list)
+
+under /v1 (the key names its VE), /<ve_id>/v1, or any path on host <ve_id>.ve.<domain>.
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from django.conf import settings
+
+from billing.gate import CallContext
+from gateway import auth, errors, proxy, upstream
+from gateway.responses import send_assistant_message, send_error, send_json
+from routing.cache import routing_cache
+
+log = logging.getLogger(__name__)
+
+CHAT, EMBEDDINGS, MODELS = "/v1/chat/completions", "/v1/embeddings", "/v1/models"
+_ROUTES = {("POST", CHAT): "chat", ("POST", EMBEDDINGS): "embeddings", ("GET", MODELS): "models"}
+
+
+class Request:
+    """What the hot path needs from the scope, read in one pass over the headers."""
+
+    __slots__ = ("ve_public_id", "path", "method", "host", "authorization", "api_key", "x_api_key",
+                 "content_length", "run_id", "request_id")
+
+    def __init__(self, scope, ve_public_id, path):
+        self.ve_public_id = ve_public_id
+        self.path = path
+        self.method = scope["method"]
+        self.authorization = self.api_key = self.x_api_key = self.run_id = ""
+        self.content_length = -1
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                self.authorization = value.decode("latin-1")
+            elif name == b"api-key":
+                self.api_key = value.decode("latin-1")
+            elif name == b"x-api-key":
+                self.x_api_key = value.decode("latin-1")
+            elif name == b"content-length":
+                self.content_length = int(value) if value.isdigit() else -1
+            elif name == b"x-tokenbill-run-id":
+                self.run_id = value.decode("latin-1")[:200]
+        self.request_id = "req_" + os.urandom(12).hex()
+
+
+def _host(scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return value.decode("latin-1")
+    return ""
 
 
 class GatewayApp:
     def claims(self, scope) -> bool:
-        return False
+        return self._target(scope) is not None
 
-    async def __call__(self, scope, receive, send):  # pragma: no cover - placeholder
-        raise NotImplementedError
+    def _target(self, scope):
+        return auth.split_target(scope["path"], _host(scope))
 
     async def lifespan(self, scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    await routing_cache.ensure_started()
+                except Exception as exc:  # no database yet (first run): the first call loads it
+                    log.warning("gateway: routing snapshot not loaded at startup (%s)", type(exc).__name__)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await routing_cache.stop()
+                await upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def __call__(self, scope, receive, send):
+        target = self._target(scope)
+        req = Request(scope, *target)
+        try:
+            route = _ROUTES.get((req.method, req.path))
+            if route is None:
+                raise errors.not_found(f"Unknown path: {req.method} {req.path}", code="unknown_path")
+            snapshot = await routing_cache.ensure_started()
+            secret = auth.secret_from(req.authorization, req.api_key, req.x_api_key)
+            ve, key = auth.authenticate(snapshot, secret, req.ve_public_id)
+            routing_cache.touch_key(key.id)
+            if route == "models":
+                await self._models(snapshot, ve, key, req, send)
+                return
+            body = await _read_json(receive, req)
+            await self._metered(route, snapshot, ve, key, body, req, receive, send)
+        except errors.GatewayError as exc:
+            await send_error(send, exc, req.request_id)
+        except proxy.ClientGone:
+            return
+        except Exception:
+            log.exception("gateway: unexpected error (request %s)", req.request_id)
+            await send_error(send, errors.GatewayError(500, "Internal error.", type="api_error", code="internal_error"),
+                             req.request_id)
+
+    async def _models(self, snapshot, ve, key, req, send):
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "tokenbill"}
+                for name in auth.model_names(snapshot, ve, key)]
+        await send_json(send, 200, json.dumps({"object": "list", "data": data}).encode(), req.request_id)
+
+    async def _metered(self, route, snapshot, ve, key, body, req, receive, send):
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise errors.bad_request("you must provide a model parameter", param="model")
+        model = auth.resolve_model(snapshot, ve, key, name)
+        stream = _validate_chat(body) if route == "chat" else _validate_embeddings(body)
+        run_id = req.run_id or _metadata_run_id(body)
+        ctx = CallContext(request_id=req.request_id, endpoint="chat.completions" if route == "chat" else "embeddings",
+                          ve=ve, key=key, model=model, body=body, stream=stream, run_id=run_id,
+                          started_at=time.time(), requested_model=name)
+        if route == "chat" and _is_magic(body):
+            await _answer_magic(ctx, send)
+            return
+        deadline = time.monotonic() + settings.GATEWAY_TOTAL_TIMEOUT
+        if stream:
+            await proxy.stream(ctx, receive, send, deadline=deadline)
+        else:
+            await proxy.unary(ctx, send, deadline=deadline)
+
+
+async def _read_json(receive, req: Request) -> dict:
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    if req.content_length > limit:
+        raise errors.too_large(limit)
+    message = await receive()
+    body = message.get("body", b"")
+    if message.get("more_body"):
+        parts, size = [body], len(body)
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise proxy.ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise errors.too_large(limit)
+            parts.append(chunk)
+        body = b"".join(parts)
+    elif message["type"] == "http.disconnect":
+        raise proxy.ClientGone()
+    if len(body) > limit:
+        raise errors.too_large(limit)
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(parsed, dict):
+        raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    return parsed
+
+
+def _validate_chat(body: dict) -> bool:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.bad_request("'messages' must be a non-empty array.", param="messages")
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise errors.bad_request("Each message must be an object with a 'role'.", param="messages")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    for field in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise errors.bad_request(f"'{field}' must be a positive integer.", param=field)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
+    return stream is True
+
+
+def _validate_embeddings(body: dict) -> bool:
+    value = body.get("input")
+    if not value or not isinstance(value, (str, list)):
+        raise errors.bad_request("'input' must be a string or a non-empty array.", param="input")
+    return False
+
+
+def _metadata_run_id(body: dict) -> str:
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("run_id"), str):
+        return metadata["run_id"][:200]
+    return ""
+
+
+def _is_magic(body: dict) -> bool:
+    for message in reversed(body["messages"]):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = next((p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"), "")
+            return isinstance(content, str) and content.lstrip().startswith("/tokenbill")
+    return False
+
+
+async def _answer_magic(ctx: CallContext, send) -> None:
+    """`/tokenbill`: a free assistant message about this VE, written by gateway/magic.py."""
+    from gateway import magic
+
+    text = await magic.answer(ctx)
+    options = ctx.body.get("stream_options")
+    await send_assistant_message(send, request_id=ctx.request_id, model=ctx.requested_model, text=text,
+                                 stream=ctx.stream, include_usage=isinstance(options, dict)
+                                 and options.get("include_usage") is True)

@@ -1,0 +1,140 @@
+"""OpenAI and OpenAI-compatible upstreams (DeepSeek, Qwen, Kimi, vLLM, Ollama, …): pass-through.
+
+The client's body goes upstream as it is (unknown parameters included) with "model"
+replaced. For streams we always ask for usage (stream_options.include_usage) so every
+call can be priced, and drop the usage-only chunk again when the client did not ask.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.adapters.base import (
+    TRANSIENT_STATUSES,
+    Adapter,
+    HttpCall,
+    SSEEvent,
+    StreamDecoder,
+    UpstreamError,
+    Usage,
+    register,
+)
+from routing.snapshot import PhysicalModelSnap
+
+# Upstream statuses that say the route (our credential, our model name) is broken, not
+# the client's request: fall back, and hide the upstream's message (it may quote the key).
+ROUTE_FAULT_STATUSES = frozenset({401, 402, 403, 404})
+
+
+def malformed(what: str) -> UpstreamError:
+    return UpstreamError(502, f"The upstream model returned {what}.", transient=True, code="bad_upstream_answer")
+
+
+def usage_from_openai(raw) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt = int(raw.get("prompt_tokens") or 0)
+    details = raw.get("prompt_tokens_details") or {}
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    cached = min(cached, prompt)
+    return Usage(input_tokens=prompt - cached, cached_input_tokens=cached,
+                 output_tokens=int(raw.get("completion_tokens") or 0))
+
+
+def retry_after_from(headers) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+def openai_error(status: int, body: bytes, headers) -> UpstreamError:
+    retry_after = retry_after_from(headers)
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return UpstreamError(status, "The upstream model is unavailable.", transient=True, type="api_error",
+                             code="upstream_unavailable", retry_after=retry_after)
+    if status in ROUTE_FAULT_STATUSES:
+        return UpstreamError(status, "The upstream model refused the gateway's credentials or model.",
+                             transient=True, type="api_error", code="upstream_route_error")
+    message, type_, code, param = "The upstream model rejected the request.", "invalid_request_error", None, None
+    try:
+        err = json.loads(body).get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            type_ = str(err.get("type") or type_)
+            code, param = err.get("code"), err.get("param")
+        elif isinstance(err, str):
+            message = err
+    except (ValueError, AttributeError):
+        pass
+    return UpstreamError(status, message, transient=False, type=type_, code=code, param=param)
+
+
+class OpenAIStreamDecoder(StreamDecoder):
+    def feed(self, event: SSEEvent) -> list[dict]:
+        data = event.data
+        if data == "[DONE]":
+            self.done = True
+            return []
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise malformed("a malformed stream chunk") from None
+        if not isinstance(chunk, dict):
+            raise malformed("a malformed stream chunk")
+        if "error" in chunk:
+            raise UpstreamError(502, "The upstream model failed while streaming.", transient=True,
+                                type="api_error", code="upstream_stream_error")
+        choices = chunk.get("choices")
+        if choices:
+            for choice in choices:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    self.text_parts.append(content)
+        raw_usage = chunk.get("usage")
+        if raw_usage:
+            self.usage = usage_from_openai(raw_usage)
+        if not self.include_usage and "usage" in chunk:
+            if not choices:
+                return []  # the usage-only chunk we asked for on the client's behalf
+            del chunk["usage"]
+        return [chunk]
+
+
+@register("openai", "openai_compatible")
+class OpenAIAdapter(Adapter):
+    def headers(self, target: PhysicalModelSnap) -> dict[str, str]:
+        return {"Authorization": "Bearer " + target.provider.api_key, "Content-Type": "application/json"}
+
+    def url(self, target: PhysicalModelSnap, endpoint: str) -> str:
+        return f"{target.provider.base_url}/{endpoint}"
+
+    def chat_request(self, target: PhysicalModelSnap, body: dict, *, stream: bool) -> HttpCall:
+        if stream:
+            options = body.get("stream_options")
+            body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
+                "include_usage": True}
+        return HttpCall("POST", self.url(target, "chat/completions"), self.headers(target), body)
+
+    def chat_response(self, target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+            raise malformed("an answer without choices")
+        return payload, usage_from_openai(payload.get("usage"))
+
+    def stream_decoder(self, target: PhysicalModelSnap, include_usage: bool) -> StreamDecoder:
+        return OpenAIStreamDecoder(target, include_usage)
+
+    def embeddings_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
+        return HttpCall("POST", self.url(target, "embeddings"), self.headers(target), body)
+
+    def embeddings_response(self, target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            raise malformed("an embeddings answer without data")
+        return payload, usage_from_openai(payload.get("usage"))
+
+    def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
+        return openai_error(status, body, headers)

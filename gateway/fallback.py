@@ -1,0 +1,106 @@
+"""Trying routes in order until one answers: the fallback loop and the attempt trail.
+
+Falls back on connection errors, timeouts, transient statuses (408/409/429/5xx/529),
+route faults (upstream 401/403/404: our credential or model name) and malformed
+answers. A non-transient UpstreamError is the client's fault: returned as it is, no
+fallback. Every attempt goes into outcome.attempts for the request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from django.conf import settings
+
+from billing.gate import Admission, Outcome
+from gateway import errors
+from gateway.adapters.base import UpstreamError
+from routing.breaker import breaker
+from routing.selection import plan
+from routing.snapshot import LogicalModelSnap, PhysicalModelSnap, RouteSnap
+
+CAPACITY_STATUSES = frozenset({429, 503, 529})
+
+
+def scrub(message: str, target: PhysicalModelSnap) -> str:
+    """An upstream's own error text may quote what we sent it: never pass those on."""
+    provider = target.provider
+    for secret in (provider.api_key, provider.base_url, provider.base_url.split("://", 1)[-1].split("/", 1)[0]):
+        if secret and secret in message:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _attempt(route: RouteSnap, status: int, error: str, started: float) -> dict:
+    pm = route.physical_model
+    return {
+        "physical_model_id": pm.id, "upstream_model": pm.upstream_model, "provider_id": pm.provider.id,
+        "provider": pm.provider.name, "status": status, "error": error,
+        "latency_ms": int((time.monotonic() - started) * 1000),
+    }
+
+
+def _cooldown_left(model: LogicalModelSnap) -> float | None:
+    now = time.time()
+    ends = [breaker.open_until(r.physical_model.id) for r in model.routes if r.weight > 0]
+    left = [end - now for end in ends if end > now]
+    return min(left) if left and len(left) == len(ends) else None
+
+
+async def run(model: LogicalModelSnap, admission: Admission, outcome: Outcome, attempt, *, deadline: float):
+    """Call `await attempt(route, seconds_left)` on routes in plan order until one returns.
+    Raises GatewayError when the client is at fault or every route failed."""
+    kinds: list[str] = []
+    retry_after = None
+    max_attempts = settings.GATEWAY_MAX_ATTEMPTS
+    for route in plan(model.routes, breaker.is_open, allowed_route_ids=admission.allowed_route_ids):
+        if len(outcome.attempts) >= max_attempts:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            kinds.append("timeout")
+            break
+        pm = route.physical_model
+        started = time.monotonic()
+        try:
+            result = await attempt(route, remaining)
+        except UpstreamError as exc:
+            outcome.attempts.append(_attempt(route, exc.status, exc.code or exc.type, started))
+            if not exc.transient:
+                await breaker.success(pm.id)
+                raise errors.GatewayError(exc.status, scrub(exc.message, pm), type=exc.type, code=exc.code,
+                                          param=exc.param) from None
+            await breaker.failure(pm.id, retry_after=exc.retry_after if exc.status == 429 else None)
+            if exc.status in CAPACITY_STATUSES:
+                kinds.append("unavailable")
+                retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None
+            else:
+                kinds.append("bad_answer")
+            continue
+        except (asyncio.TimeoutError, TimeoutError):
+            outcome.attempts.append(_attempt(route, 0, "timeout", started))
+            await breaker.failure(pm.id)
+            kinds.append("timeout")
+            continue
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            outcome.attempts.append(_attempt(route, 0, type(exc).__name__, started))
+            await breaker.failure(pm.id)
+            kinds.append("bad_answer")
+            continue
+        outcome.attempts.append(_attempt(route, 200, "", started))
+        await breaker.success(pm.id)
+        outcome.route = route
+        return result
+    raise _all_failed(model, kinds, retry_after)
+
+
+def _all_failed(model: LogicalModelSnap, kinds: list[str], retry_after: float | None) -> errors.GatewayError:
+    if not kinds:
+        return errors.all_failed("unavailable", _cooldown_left(model))
+    if all(k == "timeout" for k in kinds):
+        return errors.all_failed("timeout")
+    if all(k == "unavailable" for k in kinds):
+        return errors.all_failed("unavailable", retry_after or _cooldown_left(model))
+    return errors.all_failed("bad_answer")

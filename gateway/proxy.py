@@ -1,0 +1,297 @@
+"""One metered call: admit, route with fallback, relay, settle.
+
+    admission = await biller.admit(ctx)          # before any upstream byte
+    ... fallback.run(...) -> answer or stream ...
+    await biller.settle(ctx, admission, outcome) # exactly once, shielded, in a finally
+
+Streams: response headers go out only once the first upstream chunk decoded cleanly,
+so every failure before that can still fall back. After it, a failure ends the stream
+with an OpenAI streaming error event (never another model's output spliced in). A
+client disconnect cancels the relay (and so the upstream request) and is settled with
+the usage counted so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
+from gateway import errors, fallback, upstream
+from gateway.adapters.base import REGISTRY, UpstreamError, Usage
+from gateway.responses import DONE, send_assistant_message, send_json, sse_chunk, start_sse
+from routing.snapshot import RouteSnap
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    pass
+
+
+# --- usage when the upstream reports none ---------------------------------------------------
+def estimate_usage(body: dict, output_text: str, model: str) -> Usage:
+    try:
+        from gateway import tokens
+
+        prompt = tokens.count_messages(body.get("messages") or [], model) if "messages" in body else \
+            tokens.count_content(body.get("input") or "", model)
+        output = tokens.count_text(output_text, model) if output_text else 0
+    except Exception:  # a counting failure must not lose the charge: fall back to a coarse count
+        prompt = len(json.dumps(body.get("messages") or body.get("input") or "")) // 4
+        output = len(output_text) // 4
+    return Usage(input_tokens=prompt, output_tokens=output, estimated=True)
+
+
+def upstream_body(body: dict, route: RouteSnap, admission: Admission) -> dict:
+    out = dict(body)
+    out["model"] = route.physical_model.upstream_model
+    cap = admission.max_tokens
+    if cap is not None:
+        if "max_completion_tokens" in out:
+            current = out.get("max_completion_tokens")
+            out["max_completion_tokens"] = cap if not isinstance(current, int) else min(current, cap)
+        else:
+            current = out.get("max_tokens")
+            out["max_tokens"] = cap if not isinstance(current, int) else min(current, cap)
+    return out
+
+
+def settlement_headers(settlement) -> list[tuple[bytes, bytes]]:
+    if settlement is None:
+        return []
+    headers = [(b"x-tokenbill-charge", str(settlement.charge).encode())]
+    if settlement.balance is not None:
+        headers.append((b"x-tokenbill-balance", str(settlement.balance).encode()))
+    return headers
+
+
+# --- admission -------------------------------------------------------------------------------
+async def admit(ctx: CallContext, send) -> Admission | None:
+    """Admission, or None when the call was answered already (budget message mode)."""
+    biller = get_biller()
+    try:
+        return await biller.admit(ctx)
+    except BudgetExhausted as exc:
+        await biller.record(ctx, Outcome(route=None, status="budget_exhausted", http_status=429,
+                                         error_code="budget_exhausted"))
+        text = f"Your Credit balance is insufficient. Please top up: {exc.checkout_url}"
+        if exc.mode == "message" and ctx.endpoint == "chat.completions":
+            await send_assistant_message(send, request_id=ctx.request_id, model=ctx.requested_model,
+                                         text=getattr(exc, "message", None) or text, stream=ctx.stream)
+            return None
+        raise errors.GatewayError(429, text, type="insufficient_quota", code="budget_exhausted",
+                                  headers=[(b"x-should-retry", b"false")],
+                                  extra={"checkout_url": exc.checkout_url}) from None
+    except RateLimited as exc:
+        await biller.record(ctx, Outcome(route=None, status="rate_limited", http_status=429,
+                                         error_code="rate_limit_exceeded"))
+        raise errors.GatewayError(429, f"Rate limit of this {exc.scope} reached. Try again later.",
+                                  type="rate_limit_error", code="rate_limit_exceeded",
+                                  headers=errors.retry_after_header(exc.retry_after)) from None
+
+
+async def settle(ctx: CallContext, admission: Admission, outcome: Outcome):
+    outcome.latency_ms = int((time.time() - ctx.started_at) * 1000)
+    try:
+        # Shielded: a cancelled request (client gone) must still release its reservation.
+        return await asyncio.shield(get_biller().settle(ctx, admission, outcome))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("gateway: settle failed for request %s", ctx.request_id)
+        return None
+
+
+def _fail(outcome: Outcome, exc: errors.GatewayError) -> None:
+    outcome.http_status = exc.status
+    outcome.status = "client_error" if exc.status < 500 else "upstream_error"
+    outcome.error_code = exc.code or exc.type
+
+
+# --- non-stream (chat and embeddings) ------------------------------------------------------
+async def unary(ctx: CallContext, send, *, deadline: float) -> None:
+    admission = await admit(ctx, send)
+    if admission is None:
+        return
+    outcome = Outcome(route=None)
+    settlement = None
+    answer = None
+    try:
+        answer = await fallback.run(ctx.model, admission, outcome, _unary_attempt(ctx, admission),
+                                    deadline=deadline)
+    except errors.GatewayError as exc:
+        _fail(outcome, exc)
+        raise
+    finally:
+        if answer is not None:
+            payload, usage = answer
+            outcome.usage = usage
+            outcome.ttfb_ms = int((time.time() - ctx.started_at) * 1000)
+        settlement = await settle(ctx, admission, outcome)
+    payload["model"] = ctx.requested_model
+    await send_json(send, 200, json.dumps(payload).encode(), ctx.request_id, settlement_headers(settlement))
+
+
+def _unary_attempt(ctx: CallContext, admission: Admission):
+    embeddings = ctx.endpoint == "embeddings"
+
+    async def attempt(route: RouteSnap, remaining: float):
+        pm = route.physical_model
+        adapter = REGISTRY[pm.provider.kind]
+        body = upstream_body(ctx.body, route, admission) if not embeddings else {**ctx.body, "model": pm.upstream_model}
+        call = adapter.embeddings_request(pm, body) if embeddings else adapter.chat_request(pm, body, stream=False)
+        resp = await upstream.send(call, pm.provider, remaining)
+        async with resp:
+            raw = await resp.read()
+            if resp.status >= 300:
+                raise adapter.error_from(resp.status, raw, resp.headers)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise UpstreamError(502, "The upstream model returned invalid JSON.", transient=True,
+                                code="bad_upstream_answer") from None
+        if embeddings:
+            payload, usage = adapter.embeddings_response(pm, payload)
+        else:
+            payload, usage = adapter.chat_response(pm, payload)
+        if usage is None:
+            text = "" if embeddings else _answer_text(payload)
+            usage = estimate_usage(ctx.body, text, pm.upstream_model)
+        return payload, usage
+
+    return attempt
+
+
+def _answer_text(payload: dict) -> str:
+    parts = []
+    for choice in payload.get("choices") or ():
+        content = (choice.get("message") or {}).get("content")
+        if isinstance(content, str):
+            parts.append(content)
+    return "".join(parts)
+
+
+# --- stream ----------------------------------------------------------------------------------
+class _Opened:
+    __slots__ = ("resp", "decoder", "events", "first")
+
+    def __init__(self, resp, decoder, events, first):
+        self.resp, self.decoder, self.events, self.first = resp, decoder, events, first
+
+
+def _stream_attempt(ctx: CallContext, admission: Admission, include_usage: bool):
+    async def attempt(route: RouteSnap, remaining: float) -> _Opened:
+        pm = route.physical_model
+        adapter = REGISTRY[pm.provider.kind]
+        call = adapter.chat_request(pm, upstream_body(ctx.body, route, admission), stream=True)
+        resp = await upstream.send(call, pm.provider, remaining)
+        try:
+            if resp.status >= 300:
+                raise adapter.error_from(resp.status, await resp.read(), resp.headers)
+            decoder = adapter.stream_decoder(pm, include_usage)
+            events = upstream.sse_events(resp)
+            async for event in events:
+                first = decoder.feed(event)
+                if first or decoder.done:
+                    return _Opened(resp, decoder, events, first)
+            first = decoder.close()
+            if not first:
+                raise UpstreamError(502, "The upstream model sent an empty stream.", transient=True,
+                                    code="bad_upstream_answer")
+            return _Opened(resp, decoder, None, first)
+        except BaseException:
+            resp.close()
+            raise
+
+    return attempt
+
+
+async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
+    admission = await admit(ctx, send)
+    if admission is None:
+        return
+    options = ctx.body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    outcome = Outcome(route=None)
+    opened = None
+    try:
+        try:
+            opened = await fallback.run(ctx.model, admission, outcome, _stream_attempt(ctx, admission, include_usage),
+                                        deadline=deadline)
+        except errors.GatewayError as exc:
+            _fail(outcome, exc)
+            raise
+        outcome.ttfb_ms = int((time.time() - ctx.started_at) * 1000)
+        await _relay(ctx, receive, send, opened, outcome)
+    finally:
+        if opened is not None:
+            opened.resp.close()
+            dec = opened.decoder
+            # A cut stream (client gone, upstream failed) is charged for what was generated.
+            outcome.usage = dec.usage or estimate_usage(ctx.body, dec.text, dec.target.upstream_model)
+        await settle(ctx, admission, outcome)
+
+
+async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outcome) -> None:
+    relay = asyncio.current_task()
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(receive, relay, gone))
+    model = ctx.requested_model
+    try:
+        await start_sse(send, ctx.request_id)
+        await send({"type": "http.response.body", "body": _frames(opened.first, model), "more_body": True})
+        if opened.events is not None:
+            async for event in opened.events:
+                chunks = opened.decoder.feed(event)
+                if chunks:
+                    await send({"type": "http.response.body", "body": _frames(chunks, model), "more_body": True})
+                if opened.decoder.done:
+                    break
+        tail = opened.decoder.close()
+        await send({"type": "http.response.body", "body": _frames(tail, model) + DONE})
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
+        relay.uncancel()
+        outcome.client_disconnected = True
+        outcome.status = "disconnected"
+    except Exception as exc:  # after the first byte: end the stream with an error event, no fallback
+        if gone.is_set():
+            outcome.client_disconnected = True
+            outcome.status = "disconnected"
+            return
+        outcome.status = "upstream_error"
+        outcome.error_code = "stream_interrupted"
+        if not isinstance(exc, (UpstreamError, OSError, asyncio.TimeoutError)) and "aiohttp" not in type(exc).__module__:
+            log.exception("gateway: unexpected error while relaying a stream")
+        error = errors.GatewayError(502, "The upstream model failed while streaming.", type="api_error",
+                                    code="stream_interrupted")
+        try:
+            await send({"type": "http.response.body", "body": errors.stream_error_event(error)})
+        except Exception:
+            pass
+    finally:
+        watcher.cancel()
+
+
+async def _watch_disconnect(receive, relay: asyncio.Task, gone: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            relay.cancel()  # stops the relay and, by closing the response, the upstream call
+            return
+
+
+def _frames(chunks: list[dict], model: str) -> bytes:
+    if not chunks:
+        return b""
+    out = []
+    for chunk in chunks:
+        if "model" in chunk:
+            chunk["model"] = model
+        out.append(sse_chunk(chunk))
+    return b"".join(out)

@@ -1,0 +1,130 @@
+"""Fake OpenAI and Azure OpenAI upstreams (real HTTP on 127.0.0.1, see server.py).
+
+By default they answer like gateway/fake_upstream.py (echo the last user message, with
+usage; streams honour stream_options.include_usage). Azure serves the same answers under
+/openai/deployments/<deployment>/... and checks the api-key header and api-version.
+
+    with OpenAIFake(api_key="sk-1") as up:
+        up.script(fail(503), stream(drop_after=2))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from gateway import fake_upstream
+from tests.fakes.server import FAKE, RECORDED, Behaviour, FakeServer, json_reply, raw_reply, sse_reply, stall, drop  # noqa: F401
+
+
+def _body(request) -> dict:
+    return request[RECORDED].json or {}
+
+
+class OpenAIFake(FakeServer):
+    """An OpenAI-format upstream; base URL for a provider: `fake.base_url` (ends in /v1)."""
+
+    def __init__(self, api_key: str = "sk-fake"):
+        super().__init__()
+        self.api_key = api_key
+        self.cancelled = 0  # requests whose client went away before the answer ended
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def authorized(self, request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    def endpoint(self, request) -> str:
+        return request.path.rsplit("/", 1)[-1] if request.path.startswith("/v1/") else ""
+
+    async def default(self, request: web.Request) -> web.StreamResponse:
+        if not self.authorized(request):
+            return web.json_response({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                                 "code": "invalid_api_key", "param": None}}, status=401)
+        endpoint = self.endpoint(request)
+        if endpoint == "completions":
+            return await stream()(request) if _body(request).get("stream") else await reply()(request)
+        if endpoint == "embeddings":
+            return web.json_response(fake_upstream.embeddings(_body(request)))
+        return web.json_response({"error": {"message": "not found", "type": "invalid_request_error"}}, status=404)
+
+
+class AzureFake(OpenAIFake):
+    """Azure OpenAI: {base}/openai/deployments/{deployment}/chat/completions?api-version=..."""
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    def authorized(self, request) -> bool:
+        return request.headers.get("api-key") == self.api_key and bool(request.query.get("api-version"))
+
+    def endpoint(self, request) -> str:
+        parts = request.path.strip("/").split("/")
+        if len(parts) >= 4 and parts[:2] == ["openai", "deployments"]:
+            return parts[-1]
+        return ""
+
+
+# --- behaviours -------------------------------------------------------------------------------
+def reply(answer: str | None = None, *, usage: dict | None | bool = True) -> Behaviour:
+    async def behave(request):
+        payload = fake_upstream.completion(_body(request), answer)
+        if usage is False:
+            payload.pop("usage")
+        elif isinstance(usage, dict):
+            payload["usage"] = usage
+        return web.json_response(payload)
+
+    return behave
+
+
+def fail(status: int, *, retry_after: str | None = None, message: str = "upstream says no",
+         code: str | None = None) -> Behaviour:
+    headers = {"Retry-After": retry_after} if retry_after else None
+    return json_reply({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                                 "code": code, "param": None}}, status=status, headers=headers)
+
+
+def malformed() -> Behaviour:
+    return raw_reply(b'{"choices": [ this is not json')
+
+
+def stream(answer: str | None = None, *, pieces: int = 4, delay: float = 0.0, drop_after: int | None = None,
+           stall_after: int | None = None, malformed_at: int | None = None) -> Behaviour:
+    """A streamed answer; frames are role, content pieces, finish, [usage], [DONE]."""
+
+    async def behave(request):
+        frames = fake_upstream.stream_events(_body(request), answer, pieces=pieces)
+        events = [(None, f[len(b"data: "):-2].decode()) for f in frames]
+        if malformed_at is not None:
+            events[malformed_at] = (None, '{"choices": [ broken')
+        return await sse_reply(events, delay=delay, drop_after=drop_after, stall_after=stall_after)(request)
+
+    return behave
+
+
+def endless_stream(interval: float = 0.02) -> Behaviour:
+    """Streams a piece every `interval` until the client goes away; counts the cancellation."""
+
+    async def behave(request):
+        fake = request[FAKE]
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}]}
+        frame = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        try:
+            for _ in range(int(30 / interval)):
+                await resp.write(frame)
+                await asyncio.sleep(interval)
+        except (asyncio.CancelledError, ConnectionResetError):
+            fake.cancelled += 1
+            raise
+        return resp
+
+    return behave
