@@ -9,7 +9,6 @@ repeat the input side): we always keep the latest value of each field, never add
 from __future__ import annotations
 
 import json
-import time
 
 from gateway.adapters import shapes
 from gateway.adapters.base import (
@@ -17,7 +16,6 @@ from gateway.adapters.base import (
     Adapter,
     HttpCall,
     SSEEvent,
-    StreamDecoder,
     UpstreamError,
     Usage,
     register,
@@ -237,19 +235,14 @@ def _chat_id(message_id: str | None) -> str:
 # --- stream -------------------------------------------------------------------------------
 
 
-class AnthropicStreamDecoder(StreamDecoder):
-    """message_start -> role chunk; text_delta -> content; tool_use blocks -> tool_calls
-    deltas (numbered in order of appearance); message_delta -> finish chunk; message_stop ->
-    usage chunk (when the client asked) and done."""
+class AnthropicStreamDecoder(shapes.TranslatingDecoder):
+    """text_delta -> content; tool_use blocks -> tool_calls deltas (numbered in order of
+    appearance); message_delta -> finish chunk; message_stop -> usage chunk (when the
+    client asked) and done. message_start only records id, model and input usage."""
 
     def __init__(self, target: PhysicalModelSnap, include_usage: bool):
         super().__init__(target, include_usage)
-        self.usage = Usage()
-        self.id = shapes.new_id()
-        self.model = target.upstream_model
-        self.created = int(time.time())
         self.tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
-        self.finish_reason: str | None = None
         self.finished = False
 
     def feed(self, event: SSEEvent) -> list[dict]:
@@ -262,64 +255,52 @@ class AnthropicStreamDecoder(StreamDecoder):
         # Unknown event types are skipped, as Anthropic asks clients to do.
         return handler(self, data) if handler else []
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        return shapes.chunk(id=self.id, model=self.model, created=self.created, delta=delta,
-                            finish_reason=finish_reason)
-
     def on_message_start(self, data: dict) -> list[dict]:
         message = data.get("message") or {}
         if message.get("id"):
             self.id = _chat_id(message["id"])
         self.model = message.get("model") or self.model
-        usage_from(message.get("usage"), self.usage)
-        return [self._chunk({"role": "assistant", "content": ""})]
+        self.reported = usage_from(message.get("usage"), self.reported)
+        return []
 
     def on_block_start(self, data: dict) -> list[dict]:
         block = data.get("content_block") or {}
-        if block.get("type") == "text" and block.get("text"):
-            return self._text(block["text"])
+        if block.get("type") == "text":
+            return self.text_delta(block.get("text") or "")
         if block.get("type") != "tool_use":
             return []
         index = self.tool_index[data.get("index", 0)] = len(self.tool_index)
+        self.tool_text.append(block.get("name") or "")
         call = {"index": index, "id": block.get("id"), "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""}}
-        return [self._chunk({"tool_calls": [call]})]
+        return self.delta({"tool_calls": [call]})
 
     def on_block_delta(self, data: dict) -> list[dict]:
         delta = data.get("delta") or {}
         if delta.get("type") == "text_delta":
-            return self._text(delta.get("text") or "")
+            return self.text_delta(delta.get("text") or "")
         if delta.get("type") == "input_json_delta" and data.get("index") in self.tool_index:
-            call = {"index": self.tool_index[data["index"]], "function": {"arguments": delta.get("partial_json") or ""}}
-            return [self._chunk({"tool_calls": [call]})]
+            piece = delta.get("partial_json") or ""
+            self.tool_text.append(piece)
+            return self.delta({"tool_calls": [{"index": self.tool_index[data["index"]],
+                                               "function": {"arguments": piece}}]})
         return []  # thinking_delta, signature_delta: not part of the OpenAI answer
 
-    def _text(self, text: str) -> list[dict]:
-        if not text:
-            return []
-        self.text_parts.append(text)
-        return [self._chunk({"content": text})]
-
     def on_message_delta(self, data: dict) -> list[dict]:
-        usage_from(data.get("usage"), self.usage)
+        self.reported = usage_from(data.get("usage"), self.reported)
         reason = (data.get("delta") or {}).get("stop_reason")
-        if reason:
-            self.finish_reason = FINISH_REASONS.get(reason, "stop")
-        return self._finish() if reason else []
+        return self._finish(FINISH_REASONS.get(reason, "stop")) if reason else []
 
-    def _finish(self) -> list[dict]:
+    def _finish(self, reason: str) -> list[dict]:
         if self.finished:
             return []
         self.finished = True
-        return [self._chunk({}, self.finish_reason or "stop")]
+        return self.delta({}, finish_reason=reason)
 
     def on_message_stop(self, data: dict) -> list[dict]:
-        out = self._finish()
+        out = self._finish("stop")
         self.done = True
-        if self.include_usage:
-            out.append(shapes.usage_chunk(id=self.id, model=self.model, created=self.created,
-                                          usage=shapes.openai_usage(self.usage)))
-        return out
+        return out + self.usage_chunks()
 
     def on_error(self, data: dict) -> list[dict]:
         error = data.get("error") or {}

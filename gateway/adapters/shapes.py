@@ -9,7 +9,8 @@ import re
 import time
 import uuid
 
-from gateway.adapters.base import UpstreamError, Usage
+from gateway.adapters.base import StreamDecoder, UpstreamError, Usage
+from routing.snapshot import PhysicalModelSnap
 
 # Anything URL- or key-shaped is cut out of upstream error messages before they reach a
 # client or a log: an upstream may echo the URL it was called on or part of a key.
@@ -131,3 +132,65 @@ def retry_after(headers: dict[str, str]) -> float | None:
 
 def scrub(message: str) -> str:
     return _SECRETISH.sub("[redacted]", str(message or ""))[:MAX_ERROR_MESSAGE]
+
+
+class TranslatingDecoder(StreamDecoder):
+    """Shared stream bookkeeping for formats that are not OpenAI's.
+
+    The role chunk is held back until the first real delta: the gateway sends response
+    headers on the first chunk a decoder returns, and every failure before that point can
+    still fall back to another route (an Anthropic stream may open with message_start and
+    then fail with an `error` event).
+
+    `usage` is what the upstream reported, while the stream is complete. For a stream cut
+    before its end (done is False) the reported output is stale, so the output is the
+    larger of the reported count and a tiktoken count of what arrived, marked estimated;
+    None when the upstream reported nothing yet (the gateway then counts everything)."""
+
+    def __init__(self, target: PhysicalModelSnap, include_usage: bool):
+        super().__init__(target, include_usage)
+        self.reported: Usage | None = None
+        self.id = new_id()
+        self.model = target.upstream_model
+        self.created = int(time.time())
+        self.role_sent: set[int] = set()
+        self.tool_text: list[str] = []
+        self.reasoning_tokens: int | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        reported = self.reported
+        if reported is None or self.done:
+            return reported
+        from gateway import tokens
+
+        counted = tokens.count_text(self.text + "".join(self.tool_text), self.target.upstream_model)
+        if counted <= reported.output_tokens:
+            return reported
+        return Usage(input_tokens=reported.input_tokens, cached_input_tokens=reported.cached_input_tokens,
+                     cache_creation_tokens=reported.cache_creation_tokens, output_tokens=counted, estimated=True)
+
+    @usage.setter
+    def usage(self, value) -> None:  # the base class initializes it; we derive it
+        pass
+
+    def delta(self, delta: dict, index: int = 0, finish_reason: str | None = None) -> list[dict]:
+        out = []
+        if index not in self.role_sent:
+            self.role_sent.add(index)
+            out.append(chunk(id=self.id, model=self.model, created=self.created, index=index,
+                             delta={"role": "assistant", "content": ""}))
+        out.append(chunk(id=self.id, model=self.model, created=self.created, index=index, delta=delta,
+                         finish_reason=finish_reason))
+        return out
+
+    def text_delta(self, text: str, index: int = 0) -> list[dict]:
+        if not text:
+            return []
+        self.text_parts.append(text)
+        return self.delta({"content": text}, index)
+
+    def usage_chunks(self) -> list[dict]:
+        if not self.include_usage or self.reported is None:
+            return []
+        return [usage_chunk(id=self.id, model=self.model, created=self.created, usage=openai_usage(self.reported, self.reasoning_tokens))]

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from gateway import tokens
 from gateway.adapters.anthropic import AnthropicAdapter, messages_url
 from gateway.adapters.base import REGISTRY, UpstreamError
 from tests.fakes import anthropic_server as fake
@@ -383,8 +384,32 @@ async def test_stream_cut_midway_leaves_decoder_not_done(upstream, tgt):
     # when
     with pytest.raises(Exception):
         await drive.chat_stream(adapter, tgt, chat_body(stream=True), include_usage=True, out=partial)
-    # then: what arrived is kept for the gateway's estimate
+    # then: what arrived is counted (message_start said output 1: stale), input as reported
     assert partial.decoder.text == "one two " and not partial.decoder.done
+    u = partial.decoder.usage
+    assert u.estimated and u.input_tokens == 25
+    assert u.output_tokens == tokens.count_text("one two ", "claude-fake-4") > 1
+
+
+async def test_error_right_after_message_start_sends_nothing_so_the_gateway_can_fall_back(upstream, tgt):
+    # given: Anthropic opened the stream, then reported overload before any content
+    events = fake.stream_events()[:2]
+    events.append(("error", json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "x"}})))
+    upstream.script(fake.stream(events=events))
+    partial = drive.Streamed()
+    # when
+    with pytest.raises(UpstreamError) as err:
+        await drive.chat_stream(adapter, tgt, chat_body(stream=True), include_usage=True, out=partial)
+    # then
+    assert err.value.transient and partial.chunks == []
+
+
+async def test_stream_cut_before_message_start_has_no_usage(upstream, tgt):
+    upstream.script(fake.stream(drop_after=0))
+    partial = drive.Streamed()
+    with pytest.raises(Exception):
+        await drive.chat_stream(adapter, tgt, chat_body(stream=True), include_usage=True, out=partial)
+    assert partial.decoder.usage is None
 
 
 async def test_stream_malformed_event_is_transient(upstream, tgt):
