@@ -1,5 +1,18 @@
 """End-user facing billing pages (checkout) and the Stripe webhook."""
 
+from django.urls import path
+
+from billing import checkout_views, webhooks
+
 app_name = "billing"
 
-urlpatterns: list = []
+urlpatterns: list = [
+    path("checkout", checkout_views.checkout_page, name="checkout"),
+    path("checkout/preview", checkout_views.checkout_preview, name="checkout_preview"),
+    path("checkout/pay", checkout_views.checkout_pay, name="checkout_pay"),
+    path("checkout/test", checkout_views.checkout_test_pay, name="checkout_test_pay"),
+    path("checkout/success", checkout_views.checkout_success, name="checkout_success"),
+    path("checkout/success/status", checkout_views.checkout_success_status, name="checkout_success_status"),
+    path("checkout/cancel", checkout_views.checkout_cancel, name="checkout_cancel"),
+    path("stripe/webhook/", webhooks.stripe_webhook, name="stripe_webhook"),
+]

@@ -148,6 +148,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict = {}  # filled by billing (see billing/apps.py)
+CELERY_BEAT_SCHEDULE["checkout-catch-up"] = {"task": "billing.checkout_catch_up", "schedule": 300.0}
 
 # --- Auth, i18n, static -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -182,6 +183,9 @@ STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", "")
 # Only for tests and local fakes: where the Stripe client sends its calls.
 STRIPE_API_BASE = env("STRIPE_API_BASE", "")
+# Without a Stripe key the checkout page offers a labelled test-mode payment (credits for
+# nothing): on by default only in the embedded default (no DATABASE_URL).
+CHECKOUT_TEST_MODE = envbool("CHECKOUT_TEST_MODE", not env("DATABASE_URL", ""))
 
 # --- Gateway ----------------------------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)

@@ -1,0 +1,132 @@
+"""Low-balance alerts: one email to the organization's owners and admins, and an optional
+signed webhook to Organization.alert_webhook_url, when a VE's balance falls below its
+low_balance_threshold; not repeated until the balance is back at or above the threshold.
+
+VirtualEndpoint.low_balance_alerted is the latch. It flips with a conditional UPDATE
+(`... WHERE low_balance_alerted = false`), so when many settles cross the threshold at
+once exactly one of them sees "1 row updated" and sends; the others see 0 and stay quiet.
+Re-arming uses the mirror update when the balance rises again (a top-up or a grant).
+
+Triggers: every ledger post (billing.ledger.on_posted, connected in BillingConfig.ready)
+and the gateway's settle step, which calls `check_low_balance(ve_id, balance=...)` with
+the balance it just computed (its counters may be ahead of the SQL row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+import httpx
+from django.core.mail import send_mail
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from billing.checkout_links import checkout_url
+from billing.money import format_credits, format_credits_human
+from routing.models import Membership, Role, VirtualEndpoint
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+SIGNATURE_HEADER = "X-TokenBill-Signature"
+
+
+def check_low_balance(ve_id: int, balance: int | None = None) -> bool:
+    """Alert (once) if the VE is below its threshold, re-arm if it is not. True if it alerted."""
+    ve = VirtualEndpoint.objects.filter(pk=ve_id).only(
+        "pk", "low_balance_threshold", "low_balance_alerted", "credit_budget", "credit_spend"
+    ).first()
+    if ve is None or ve.low_balance_threshold <= 0:
+        return False
+    balance = ve.balance if balance is None else balance
+    if balance >= ve.low_balance_threshold:
+        if ve.low_balance_alerted:
+            VirtualEndpoint.objects.filter(pk=ve_id, low_balance_alerted=True).update(low_balance_alerted=False)
+        return False
+    if ve.low_balance_alerted:
+        return False
+    won = VirtualEndpoint.objects.filter(pk=ve_id, low_balance_alerted=False).update(low_balance_alerted=True)
+    if not won:
+        return False  # another process crossed the same threshold first and alerts
+    send_low_balance_alert(ve_id, balance)
+    return True
+
+
+def on_entry_posted(entry) -> None:
+    try:
+        check_low_balance(entry.virtual_endpoint_id)
+    except Exception:  # noqa: BLE001 - an alert must never break the post that triggered it
+        log.exception("low-balance check for VE %s failed", entry.virtual_endpoint_id)
+
+
+def connect() -> None:
+    from billing.ledger import on_posted
+
+    on_posted(on_entry_posted)
+
+
+def send_low_balance_alert(ve_id: int, balance: int) -> None:
+    ve = VirtualEndpoint.objects.select_related("organization").get(pk=ve_id)
+    context = {
+        "ve": ve,
+        "org": ve.organization,
+        "balance": format_credits_human(balance),
+        "threshold": format_credits_human(ve.low_balance_threshold),
+        "checkout_url": checkout_url(ve.public_id),
+    }
+    _email(ve, context)
+    if ve.organization.alert_webhook_url:
+        _post_webhook(ve, balance)
+
+
+def alert_recipients(organization_id: int) -> list[str]:
+    rows = Membership.objects.filter(organization_id=organization_id, role__in=[Role.OWNER, Role.ADMIN])
+    return sorted({m.user.email for m in rows.select_related("user") if m.user.email})
+
+
+def _email(ve: VirtualEndpoint, context: dict) -> None:
+    recipients = alert_recipients(ve.organization_id)
+    if not recipients:
+        return
+    try:
+        send_mail(
+            subject=f"Low balance on {ve.name}: {context['balance']} credits left",
+            message=render_to_string("checkout/emails/low_balance.txt", context),
+            from_email=None,
+            recipient_list=recipients,
+        )
+    except Exception:  # noqa: BLE001
+        log.exception("low-balance email for VE %s failed", ve.pk)
+
+
+def sign_payload(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """`t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the scheme Stripe uses, so
+    merchants can verify it the same way (and reject stale timestamps)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+def _post_webhook(ve: VirtualEndpoint, balance: int) -> None:
+    org = ve.organization
+    body = json.dumps(
+        {
+            "type": "virtual_endpoint.low_balance",
+            "created": timezone.now().isoformat(),
+            "virtual_endpoint": {"id": ve.public_id, "name": ve.name},
+            "balance": format_credits(balance),
+            "threshold": format_credits(ve.low_balance_threshold),
+            "checkout_url": checkout_url(ve.public_id),
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if org.alert_webhook_secret:
+        headers[SIGNATURE_HEADER] = sign_payload(body, org.alert_webhook_secret)
+    try:
+        httpx.post(org.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        log.warning("low-balance webhook for VE %s failed: %s", ve.pk, exc.__class__.__name__)
