@@ -75,6 +75,16 @@ class RecordingBiller(gate.NullBiller):
     async def record(self, ctx, outcome):
         self.recorded.append((ctx, outcome))
 
+    def wait_settled(self, count: int = 1, seconds: float = 5.0) -> list:
+        """Streams settle after their last byte: the client may see the end first."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while len(self.settled) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # and never more than `count`
+        return self.settled
+
 
 @pytest.fixture
 def biller():
