@@ -62,8 +62,8 @@ async def chat_stream(adapter: Adapter, tgt: PhysicalModelSnap, body: dict, incl
     return out
 
 
-async def embeddings(adapter: Adapter, tgt: PhysicalModelSnap, body: dict, **kw):
-    call = adapter.embeddings_request(tgt, body)
+async def embeddings(adapter: Adapter, tgt: PhysicalModelSnap, request: dict, **kw):
+    call = adapter.embeddings_request(tgt, request)
     async with aiohttp.ClientSession() as session:
         async with session.request(call.method, call.url, headers=call.headers, data=json.dumps(call.json)) as r:
             raw = await r.read()
