@@ -1,0 +1,83 @@
+"""Who is looking, in which organization, with which role.
+
+Every console view is wrapped by `console_view(read=..., write=...)`: it resolves the
+signed-in user's current organization (kept in the session, switchable), attaches
+`request.org` and `request.membership`, and refuses a role that is too low with 403.
+Safe methods (GET/HEAD) need the `read` role, everything else the `write` role, so a
+viewer can open the providers page but cannot POST to it.
+
+Objects are always fetched through `org_get(...)`, which filters by the current
+organization: another organization's id is a 404, never a 403 (no existence leak).
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404, render
+
+from routing.models import Membership, Role
+
+SESSION_ORG_KEY = "console_org_id"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def current_membership(request) -> Membership | None:
+    memberships = list(
+        Membership.objects.filter(user=request.user).select_related("organization").order_by("organization__name")
+    )
+    request.memberships = memberships
+    if not memberships:
+        return None
+    wanted = request.session.get(SESSION_ORG_KEY)
+    for membership in memberships:
+        if membership.organization_id == wanted:
+            return membership
+    request.session[SESSION_ORG_KEY] = memberships[0].organization_id
+    return memberships[0]
+
+
+def console_view(read: str = Role.VIEWER, write: str | None = None):
+    """Decorator: signed in, member of an organization, and role high enough for the method."""
+    write = write or read
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            membership = current_membership(request)
+            if membership is None:
+                return render(request, "console/no_org.html", status=403)
+            needed = read if request.method in SAFE_METHODS else write
+            if not membership.can(needed):
+                raise PermissionDenied(f"This needs the {Role(needed).label} role.")
+            request.membership = membership
+            request.org = membership.organization
+            return view(request, *args, **kwargs)
+
+        wrapper.console_roles = (read, write)
+        return wrapper
+
+    return decorator
+
+
+def org_get(queryset, org_path: str = "organization", **lookup):
+    """get_object_or_404 limited to objects of the request's organization.
+
+    Usage: org_get(Provider.objects, request=request, pk=pk). org_path names the lookup
+    from the model to Organization (e.g. "provider__organization")."""
+    request = lookup.pop("request")
+    return get_object_or_404(queryset, **{org_path: request.org}, **lookup)
+
+
+def require_role(request, role: str) -> None:
+    if not request.membership.can(role):
+        raise PermissionDenied(f"This needs the {Role(role).label} role.")
+
+
+def not_found() -> Http404:
+    return Http404("Not found")

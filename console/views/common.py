@@ -1,0 +1,55 @@
+"""Rendering helpers shared by the console's views: one template per page, partials
+inside it for htmx, and the full page whenever the request is not from htmx."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+
+from routing.services import config_changed
+
+FORM_TEMPLATE = "console/form_page.html"
+
+
+def render_page(request, template: str, context: dict, partial: str | None = None, status: int = 200):
+    """The partial for htmx requests (when one is named), the full page otherwise."""
+    name = f"{template}#{partial}" if partial and request.htmx else template
+    return render(request, name, context, status=status)
+
+
+def render_form(request, form, *, title: str, action: str, submit: str = "Save", back: str = "", intro: str = "",
+                danger: str = ""):
+    """A form as a modal (htmx) or a page of its own (reload, no JS). Invalid -> 422 + errors inline."""
+    status = 422 if form.is_bound and form.errors else 200
+    context = {"form": form, "title": title, "action": action, "submit": submit, "back": back, "intro": intro}
+    return render_page(request, FORM_TEMPLATE, context, partial="_modal", status=status)
+
+
+def done(request, url: str, message: str = ""):
+    """After a successful write: htmx follows HX-Redirect, a plain form post a 303."""
+    if message:
+        messages.success(request, message)
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+def save_config_form(form):
+    """Save a ModelForm that changes what the gateway serves, and bump the config version
+    in the same transaction so every gateway process rebuilds its snapshot after commit.
+    (Used where routing.services has no dedicated write function yet.)"""
+    with transaction.atomic():
+        obj = form.save()
+        config_changed()
+    return obj
+
+
+def paginate(request, queryset, per_page: int = 50):
+    """Page of a queryset with LIMIT/OFFSET; count() is one query."""
+    paginator = Paginator(queryset, per_page)
+    return paginator.get_page(request.GET.get("page"))

@@ -1,0 +1,148 @@
+"""Physical models (cost per unit), logical models (sale price) and the routes between them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Count, Prefetch
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from console.access import console_view, org_get
+from console.forms import LogicalModelForm, PhysicalModelForm, RouteForm, RouteInlineForm
+from console.selectors import breaker_open, current_rates, route_shares
+from console.views.common import done, render_form, render_page, save_config_form
+from routing.models import LogicalModel, PhysicalModel, Provider, Role, Route
+from routing.services import config_changed
+
+TEMPLATE = "console/models.html"
+DETAIL = "console/logical_model.html"
+
+
+@console_view(read=Role.VIEWER)
+def model_list(request):
+    physical = PhysicalModel.objects.filter(provider__organization=request.org).select_related("provider")
+    logical = LogicalModel.objects.filter(organization=request.org).annotate(n_routes=Count("routes"))
+    has_providers = Provider.objects.filter(organization=request.org).exists()
+    return render_page(request, TEMPLATE, {"physical": physical, "logical": logical, "has_providers": has_providers})
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+def physical_new(request):
+    form = PhysicalModelForm(request.POST or None, organization=request.org,
+                             initial={"provider": request.GET.get("provider")})
+    if request.method == "POST" and form.is_valid():
+        pm = save_config_form(form)
+        return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” added.")
+    return render_form(request, form, title="Add a physical model", action=reverse("console:physical_new"),
+                       submit="Add model", back=reverse("console:models"),
+                       intro="One model on one provider, with its cost per unit in the provider's currency.")
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+def physical_edit(request, pk: int):
+    pm = org_get(PhysicalModel.objects.select_related("provider"), "provider__organization", request=request, pk=pk)
+    form = PhysicalModelForm(request.POST or None, instance=pm, organization=request.org)
+    if request.method == "POST" and form.is_valid():
+        save_config_form(form)
+        return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” saved.")
+    return render_form(request, form, title=f"Edit {pm.upstream_model}", action=reverse("console:physical_edit", args=[pk]),
+                       back=reverse("console:models"))
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+def logical_new(request):
+    form = LogicalModelForm(request.POST or None, organization=request.org)
+    if request.method == "POST" and form.is_valid():
+        lm = save_config_form(form)
+        return done(request, reverse("console:logical_detail", args=[lm.pk]), f"Logical model “{lm.name}” created. Add its routes.")
+    return render_form(request, form, title="New logical model", action=reverse("console:logical_new"),
+                       submit="Create", back=reverse("console:models"),
+                       intro="The name clients call. Routes decide which physical models serve it.")
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+def logical_edit(request, pk: int):
+    lm = org_get(LogicalModel.objects, request=request, pk=pk)
+    form = LogicalModelForm(request.POST or None, instance=lm, organization=request.org)
+    if request.method == "POST" and form.is_valid():
+        save_config_form(form)
+        return done(request, reverse("console:logical_detail", args=[pk]), "Saved.")
+    return render_form(request, form, title=f"Edit {lm.name}", action=reverse("console:logical_edit", args=[pk]),
+                       back=reverse("console:logical_detail", args=[pk]))
+
+
+@console_view(read=Role.VIEWER)
+def logical_detail(request, pk: int):
+    lm = org_get(LogicalModel.objects.prefetch_related(
+        Prefetch("routes", queryset=Route.objects.select_related("physical_model__provider"))), request=request, pk=pk)
+    return render_page(request, DETAIL, _detail_context(request, lm), partial="_routes")
+
+
+def _detail_context(request, lm: LogicalModel, form=None) -> dict:
+    routes = list(lm.routes.all())
+    shares = route_shares(routes)
+    rates = current_rates(request.org)
+    rows = [
+        {"route": r, "share": shares[r.id], "breaker_open": breaker_open(r.physical_model_id),
+         "margin": _margin(lm, r.physical_model, rates, request.org.markup)}
+        for r in routes
+    ]
+    return {"lm": lm, "rows": rows, "form": form or RouteForm(logical_model=lm)}
+
+
+def _margin(lm: LogicalModel, pm: PhysicalModel, rates: dict, markup: Decimal) -> dict | None:
+    """Output-token economics per 1M tokens in credits: cost, price, margin %. None without a rate."""
+    rate = rates.get(pm.provider.currency)
+    if rate is None:
+        return None
+    cost = pm.output_cost_per_mtok * rate
+    price = lm.output_price_per_mtok if lm.output_price_per_mtok is not None else cost * markup
+    pct = None if price == 0 else int(round((price - cost) * 100 / price))
+    return {"cost": cost.quantize(Decimal("0.01")), "price": Decimal(price).quantize(Decimal("0.01")), "pct": pct}
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def route_add(request, pk: int):
+    lm = org_get(LogicalModel.objects, request=request, pk=pk)
+    form = RouteForm(request.POST, logical_model=lm)
+    if form.is_valid():
+        save_config_form(form)
+        if not request.htmx:
+            return done(request, reverse("console:logical_detail", args=[lm.pk]), "Route added.")
+        form = None
+    lm = LogicalModel.objects.prefetch_related(
+        Prefetch("routes", queryset=Route.objects.select_related("physical_model__provider"))).get(pk=lm.pk)
+    status = 422 if form is not None else 200
+    return render_page(request, DETAIL, _detail_context(request, lm, form), partial="_routes", status=status)
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def route_edit(request, pk: int):
+    route = org_get(Route.objects.select_related("logical_model"), "logical_model__organization", request=request, pk=pk)
+    form = RouteInlineForm(request.POST, instance=route)
+    if form.is_valid():
+        save_config_form(form)
+    return _routes_fragment(request, route.logical_model, status=200 if form.is_valid() else 422)
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def route_delete(request, pk: int):
+    route = org_get(Route.objects.select_related("logical_model"), "logical_model__organization", request=request, pk=pk)
+    lm = route.logical_model
+    with transaction.atomic():
+        route.delete()
+        config_changed()
+    return _routes_fragment(request, lm)
+
+
+def _routes_fragment(request, lm: LogicalModel, status: int = 200):
+    if not request.htmx:
+        return done(request, reverse("console:logical_detail", args=[lm.pk]))
+    lm = LogicalModel.objects.prefetch_related(
+        Prefetch("routes", queryset=Route.objects.select_related("physical_model__provider"))).get(pk=lm.pk)
+    return render_page(request, DETAIL, _detail_context(request, lm), partial="_routes", status=status)

@@ -1,0 +1,99 @@
+"""Providers: list, create, edit, enable/disable, test connection. Credentials are
+write-only: the pages say whether one is set, never what it is."""
+
+from __future__ import annotations
+
+import httpx
+from django.db.models import Count
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from console.access import console_view, org_get
+from console.forms import ProviderForm
+from console.views.common import done, render_form, render_page, save_config_form
+from routing.models import Provider, Role
+from routing.services import config_changed
+
+TEMPLATE = "console/providers.html"
+
+
+@console_view(read=Role.VIEWER)
+def provider_list(request):
+    providers = Provider.objects.filter(organization=request.org).annotate(n_models=Count("physical_models"))
+    return render_page(request, TEMPLATE, {"providers": providers}, partial="_rows")
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+def provider_new(request):
+    form = ProviderForm(request.POST or None, organization=request.org)
+    if request.method == "POST" and form.is_valid():
+        provider = save_config_form(form)
+        return done(request, reverse("console:providers"), f"Provider “{provider.name}” added.")
+    return render_form(request, form, title="Add a provider", action=reverse("console:provider_new"),
+                       submit="Add provider", back=reverse("console:providers"),
+                       intro="An upstream account: where calls go and the key they use.")
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+def provider_edit(request, pk: int):
+    provider = org_get(Provider.objects, request=request, pk=pk)
+    form = ProviderForm(request.POST or None, instance=provider, organization=request.org)
+    if request.method == "POST" and form.is_valid():
+        save_config_form(form)
+        return done(request, reverse("console:providers"), f"Provider “{provider.name}” saved.")
+    intro = "An API key is set; type a new one to replace it." if provider.has_credentials else "No API key set yet."
+    return render_form(request, form, title=f"Edit {provider.name}", action=reverse("console:provider_edit", args=[pk]),
+                       back=reverse("console:providers"), intro=intro)
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def provider_toggle(request, pk: int):
+    provider = org_get(Provider.objects, request=request, pk=pk)
+    provider.enabled = not provider.enabled
+    provider.save(update_fields=["enabled", "updated_at"])
+    config_changed()
+    state = "enabled" if provider.enabled else "disabled"
+    return done(request, reverse("console:providers"), f"Provider “{provider.name}” {state}.")
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def provider_test(request, pk: int):
+    provider = org_get(Provider.objects, request=request, pk=pk)
+    ok, message = check_connection(provider)
+    return render_page(request, TEMPLATE, {"p": provider, "ok": ok, "message": message}, partial="_test_result")
+
+
+def check_connection(provider: Provider) -> tuple[bool, str]:
+    """One cheap authenticated call (list models). The message never contains the key."""
+    url, headers, params = _probe(provider)
+    timeout = httpx.Timeout(min(provider.read_timeout, 10.0), connect=min(provider.connect_timeout, 5.0))
+    try:
+        response = httpx.get(url, headers=headers, params=params, timeout=timeout)
+    except httpx.TimeoutException:
+        return False, "Timed out."
+    except httpx.HTTPError as exc:
+        return False, f"Could not connect ({type(exc).__name__})."
+    if response.status_code >= 400:
+        hint = {401: "the API key was refused", 403: "the API key may not list models", 404: "check the base URL"}
+        return False, f"HTTP {response.status_code}" + (f": {hint[response.status_code]}." if response.status_code in hint else ".")
+    try:
+        count = len(response.json().get("data") or response.json().get("models") or [])
+    except ValueError:
+        return True, f"Connected (HTTP {response.status_code})."
+    return True, f"Connected: {count} model{'s' if count != 1 else ''} available."
+
+
+def _probe(provider: Provider) -> tuple[str, dict, dict]:
+    key = provider.get_credentials() if provider.has_credentials else ""
+    base = provider.base_url.rstrip("/")
+    if provider.kind == "anthropic":
+        return f"{base}/v1/models" if not base.endswith("/v1") else f"{base}/models", \
+            {"x-api-key": key, "anthropic-version": "2023-06-01"}, {}
+    if provider.kind == "gemini":
+        return f"{base}/models", {"x-goog-api-key": key}, {}
+    if provider.kind == "azure_openai":
+        return f"{base}/openai/models", {"api-key": key}, {"api-version": provider.api_version or "2024-10-21"}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return f"{base}/models", headers, {}

@@ -1,0 +1,69 @@
+// TokenBill console: small behaviours on top of htmx. No framework, no CDN.
+(function () {
+  "use strict";
+  function copyText(text, button) {
+    var done = function () {
+      if (!button) return;
+      var old = button.textContent;
+      button.textContent = "Copied";
+      button.classList.add("copied");
+      setTimeout(function () { button.textContent = old; button.classList.remove("copied"); }, 1500);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { fallback(text); done(); });
+    } else { fallback(text); done(); }
+  }
+  function fallback(text) {
+    var ta = document.createElement("textarea");
+    ta.value = text; ta.setAttribute("readonly", ""); ta.style.position = "fixed"; ta.style.opacity = "0";
+    document.body.appendChild(ta); ta.select();
+    try { document.execCommand("copy"); } catch (e) { /* nothing else to try */ }
+    document.body.removeChild(ta);
+  }
+  document.addEventListener("click", function (ev) {
+    var btn = ev.target.closest("[data-copy],[data-copy-from]");
+    if (btn) {
+      ev.preventDefault();
+      var text = btn.getAttribute("data-copy");
+      if (text === null) {
+        var src = document.querySelector(btn.getAttribute("data-copy-from"));
+        text = src ? (src.value !== undefined && src.tagName !== "PRE" && src.tagName !== "CODE" ? src.value : src.textContent) : "";
+      }
+      window.__lastCopied = text;
+      copyText(text, btn);
+      return;
+    }
+    var close = ev.target.closest("[data-close-modal]");
+    if (close || ev.target.classList.contains("modal-backdrop")) {
+      var host = document.getElementById("modal");
+      if (host) host.innerHTML = "";
+      var drawer = document.getElementById("drawer");
+      if (drawer) drawer.innerHTML = "";
+    }
+    var tab = ev.target.closest("[data-tab]");
+    if (tab) {
+      var group = tab.closest("[data-tabs]");
+      group.querySelectorAll("[data-tab]").forEach(function (t) { t.classList.toggle("active", t === tab); });
+      group.querySelectorAll("[data-panel]").forEach(function (p) {
+        p.hidden = p.getAttribute("data-panel") !== tab.getAttribute("data-tab");
+      });
+    }
+  });
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key === "Escape") {
+      var host = document.getElementById("modal"); if (host) host.innerHTML = "";
+      var drawer = document.getElementById("drawer"); if (drawer) drawer.innerHTML = "";
+    }
+  });
+  // A 403/404 from an htmx request shows a toast instead of silently doing nothing.
+  document.addEventListener("htmx:responseError", function (ev) {
+    var main = document.querySelector(".main");
+    if (!main) return;
+    var t = document.createElement("div");
+    t.className = "toast toast-error";
+    t.textContent = ev.detail.xhr.status === 403 ? "Your role does not allow this." : "Something went wrong (" + ev.detail.xhr.status + ").";
+    main.prepend(t);
+    setTimeout(function () { t.remove(); }, 4000);
+  });
+  window.TokenBill = { copyText: copyText };
+})();
