@@ -120,6 +120,11 @@ class AnthropicFake(FakeServer):
         super().__init__()
         self.api_key = api_key
 
+    @property
+    def base_url(self) -> str:
+        """What a provider's base URL is set to (like https://api.anthropic.com, no /v1)."""
+        return self.url
+
     async def default(self, request: web.Request) -> web.StreamResponse:
         rejected = self.reject(request)
         if rejected:

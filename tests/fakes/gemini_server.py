@@ -125,6 +125,11 @@ class GeminiFake(FakeServer):
         super().__init__()
         self.api_key = api_key
 
+    @property
+    def base_url(self) -> str:
+        """What a provider's base URL is set to (like https://generativelanguage.googleapis.com)."""
+        return self.url
+
     async def default(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.path.removeprefix("/v1beta/models/").partition(":")
         rejected = self.reject(request, model)
