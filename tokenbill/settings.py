@@ -140,6 +140,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_out": str(DATA_DIR / "celery" / "queue"),
         "processed_folder": str(DATA_DIR / "celery" / "processed"),
         "store_processed": False,
+        "control_folder": str(DATA_DIR / "celery" / "control"),
     }
 )
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", "") or None
