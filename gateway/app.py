@@ -80,6 +80,7 @@ class GatewayApp:
                     log.warning("gateway: routing snapshot not loaded at startup (%s)", type(exc).__name__)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await _billing_shutdown()
                 await routing_cache.stop()
                 await upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -133,6 +134,18 @@ class GatewayApp:
             await proxy.stream(ctx, receive, send, deadline=deadline)
         else:
             await proxy.unary(ctx, send, deadline=deadline)
+
+
+async def _billing_shutdown() -> None:
+    """Let billing flush what it buffers (request logs, ledger rows) before the process ends."""
+    try:
+        from billing.biller import shutdown
+    except ImportError:
+        return
+    try:
+        await shutdown()
+    except Exception:
+        log.exception("gateway: billing shutdown failed")
 
 
 async def _read_json(receive, req: Request) -> dict:

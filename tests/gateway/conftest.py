@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 
 from billing import gate
+from billing.rates import rate_set
 from routing.breaker import breaker, redis_key
 from routing.cache import redis_version_key, routing_cache
 from tests import factories
@@ -111,6 +112,7 @@ class World:
 def make_world(routes, *, model_name: str = "chat", modality: str = "chat", ve_kw=None, key_kw=None) -> World:
     """routes: (fake, kind, upstream_model, priority, weight) tuples, one provider each."""
     org = factories.make_org()
+    rate_set(org, "USD", "100000")  # the real biller prices every call: it needs a rate
     physical = []
     for fake, kind, upstream_model, priority, weight in routes:
         provider = factories.make_provider(org, kind=kind, base_url=fake.base_url, api_key=fake.api_key,
@@ -120,6 +122,9 @@ def make_world(routes, *, model_name: str = "chat", modality: str = "chat", ve_k
     ve = factories.make_ve(org, models=[model], credits=1000, **(ve_kw or {}))
     key, secret = factories.make_key(ve, **(key_kw or {}))
     routing_cache.refresh_now()
+    book = getattr(gate.get_biller(), "rates", None)
+    if book is not None:  # the real biller's exchange-rate book: see the rate set above now
+        book.refresh()
     return World(org=org, ve=ve, key=key, secret=secret, model=model, physical=[p for p, _, _ in physical])
 
 
