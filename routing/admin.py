@@ -8,8 +8,11 @@ it is created. Every save tells the gateway the configuration changed.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 
 from billing.money import format_credits
 from routing import services
@@ -168,8 +171,14 @@ class RouteAdmin(ConfigChangingAdmin):
     autocomplete_fields = ["logical_model", "physical_model"]
 
 
+class GrantForm(forms.Form):
+    credits = forms.DecimalField(min_value=Decimal("0.000001"), decimal_places=6, max_digits=24)
+    note = forms.CharField(max_length=500, required=False)
+
+
 @admin.register(VirtualEndpoint)
 class VirtualEndpointAdmin(ConfigChangingAdmin):
+    actions = ["grant_credits"]
     list_display = ["name", "public_id", "organization", "status", "budget", "spend", "balance_credits"]
     list_filter = ["status", "exhaustion_mode", "organization"]
     search_fields = ["name", "public_id", "organization__name"]
@@ -191,6 +200,19 @@ class VirtualEndpointAdmin(ConfigChangingAdmin):
     @admin.display(description="balance (credits)")
     def balance_credits(self, obj):
         return format_credits(obj.balance)
+
+    @admin.action(description="Grant credits (posts a ledger entry)")
+    def grant_credits(self, request, queryset):
+        form = GrantForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            for endpoint in queryset:
+                services.grant_credits(virtual_endpoint=endpoint, credits=form.cleaned_data["credits"],
+                                       note=form.cleaned_data["note"] or "Granted in admin", created_by=request.user)
+            self.message_user(request, f"Granted {form.cleaned_data['credits']} credits to {queryset.count()} endpoint(s).")
+            return None
+        context = {**self.admin_site.each_context(request), "form": form, "endpoints": queryset,
+                   "title": "Grant credits"}
+        return TemplateResponse(request, "admin/routing/grant_credits.html", context)
 
 
 @admin.register(AccessKey)

@@ -131,3 +131,20 @@ def test_management_token_added_in_admin_works(admin_client, org):
     from routing.selectors import management_token_authenticate
 
     assert management_token_authenticate(secret) == ManagementToken.objects.get(name="ops")
+
+
+def test_grant_credits_action_posts_a_ledger_entry(admin_client, org):
+    # given
+    ve = factories.make_ve(org)
+    url = reverse("admin:routing_virtualendpoint_changelist")
+    # when: the action first asks how much, then posts
+    form = admin_client.post(url, {"action": "grant_credits", "_selected_action": [ve.pk]})
+    done = admin_client.post(url, {"action": "grant_credits", "_selected_action": [ve.pk], "apply": "1",
+                                   "credits": "250.5", "note": "goodwill"})
+    # then
+    assert form.status_code == 200 and b"Grant credits" in form.content
+    assert done.status_code == 302
+    ve.refresh_from_db()
+    entry = LedgerEntry.objects.get(virtual_endpoint=ve)
+    assert (entry.kind, entry.amount, entry.note) == ("grant", 250_500_000, "goodwill")
+    assert ve.credit_budget == 250_500_000
