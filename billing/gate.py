@@ -105,10 +105,12 @@ _biller: Biller | None = None
 
 
 def get_biller() -> Biller:
-    """The process's biller. billing.budget installs the real one (set_biller) at startup."""
+    """The process's biller: the real one (billing/biller.py) unless a test set another."""
     global _biller
     if _biller is None:
-        _biller = NullBiller()
+        from billing.biller import install
+
+        _biller = install()
     return _biller
 
 

@@ -235,3 +235,6 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+from billing.models_usage import DriftReport, Reservation, UsageRollup  # noqa: E402,F401  (billing-owned models)

@@ -1,0 +1,252 @@
+"""The real Biller (billing/gate.py's seam): rate limits, estimate, reserve, price, settle.
+
+admit():  rate limits -> price every route that may serve -> estimate the largest charge
+          (prompt tokens + max output tokens at the most expensive route) -> reserve it.
+          Less than that but at least the smallest useful call: reserve what is left,
+          clamp max_tokens to it, and allow only the routes that amount covers.
+settle(): price the actual usage at the route that served -> budget.settle (release the
+          hold, add the charge, one atomic step) -> queue the ledger entry (Redis mode)
+          and the request log row (both written in batches, off the hot path).
+
+The smallest useful call is the prompt plus MIN_USEFUL_OUTPUT output tokens (or the
+requested max if smaller) at the cheapest route; below it the call is refused with a
+checkout link before any upstream byte. Embeddings have no output: the prompt alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+
+from billing import budget as budgets
+from billing.checkout_links import checkout_url
+from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, Settlement
+from billing.money import MICROS_PER_CREDIT
+from billing.pricing import PricingError, RateBook, RouteRates, Units, price_call, route_rates, units_from
+from billing.ratelimit import make_limiter
+from billing.requestlog import PendingCharge, get_writer
+
+log = logging.getLogger("tokenbill.billing")
+
+MIN_USEFUL_OUTPUT = 16
+ESTIMATE_MARGIN = Decimal("1.05")  # prompt counts are estimates for non-OpenAI tokenizers
+
+
+class AdmitState:
+    __slots__ = ("rates", "prompt_tokens")
+
+    def __init__(self, rates: dict[int, RouteRates], prompt_tokens: int):
+        self.rates = rates
+        self.prompt_tokens = prompt_tokens
+
+
+class RealBiller:
+    def __init__(self, budget=None, limiter=None, writer=None, rates: RateBook | None = None):
+        self.budget = budget or budgets.get_budget()
+        self.limiter = limiter or make_limiter()
+        self.writer = writer or get_writer()
+        self.rates = rates or RateBook()
+        if hasattr(self.budget, "before_rebuild"):
+            self.budget.before_rebuild = self.writer.flush
+
+    # --- admit -------------------------------------------------------------------------
+
+    async def admit(self, ctx: CallContext) -> Admission:
+        if ctx.model is None:
+            return Admission()
+        prompt = prompt_tokens(ctx)
+        await self.limiter.check(ctx.ve, ctx.key, prompt)
+        rates = await self._route_rates(ctx)
+        output = requested_output(ctx)
+        full = max(_micros(r.charge_exact(Units(input=prompt, output=output))) for r in rates.values())
+        minimum = min(_micros(r.charge_exact(Units(input=prompt, output=min(output, MIN_USEFUL_OUTPUT))))
+                      for r in rates.values())
+        reserved = await self.budget.reserve(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id,
+                                             full=full, minimum=max(minimum, 1), **self._limit(ctx))
+        if reserved <= 0:
+            raise exhausted(ctx)
+        state = AdmitState(rates, prompt)
+        if reserved >= full:
+            allowed = None if len(rates) == len(ctx.model.routes) else frozenset(rates)
+            return Admission(reserved, output if output else None, allowed, state)
+        return await self._clamped(ctx, reserved, prompt, output, state)
+
+    async def _clamped(self, ctx, reserved, prompt, output, state) -> Admission:
+        """Less than the full estimate is held: keep the routes it pays for, cap the output."""
+        affordable = {rid: _affordable_output(r, reserved, prompt, output) for rid, r in state.rates.items()}
+        floor = min(output, MIN_USEFUL_OUTPUT)
+        allowed = {rid: n for rid, n in affordable.items() if n >= floor}
+        if not allowed:
+            await self.budget.settle(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id, charge=0,
+                                     entry=budgets.ChargeEntry(ctx.request_id), **self._limit(ctx))
+            raise exhausted(ctx)
+        return Admission(reserved, min(allowed.values()), frozenset(allowed), state)
+
+    async def _route_rates(self, ctx: CallContext) -> dict[int, RouteRates]:
+        if self.rates.stale():
+            await sync_to_async(self.rates.refresh)()
+        markup = ctx.ve.organization.markup
+        result, errors = {}, []
+        for route in ctx.model.routes:
+            rate = self.rates.rate(ctx.ve.organization.id, route.physical_model.provider.currency)
+            try:
+                result[route.id] = route_rates(ctx.model, route, markup, rate)
+            except PricingError as exc:
+                errors.append(exc)
+        if not result:
+            raise not_priced(errors[0] if errors else PricingError(f"Model '{ctx.model.name}' has no route."))
+        return result
+
+    def _limit(self, ctx) -> dict:
+        return {"key_limit": ctx.key.credit_limit} if self.budget.name == "redis" else {}
+
+    # --- settle ------------------------------------------------------------------------
+
+    async def settle(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> Settlement:
+        priced = self._price(ctx, admission, outcome)
+        charge = priced.charge if priced else 0
+        snapshot = dict(priced.snapshot) if priced else {}
+        settled = await self.budget.settle(
+            request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id, charge=charge,
+            entry=budgets.ChargeEntry(ctx.request_id, rate_snapshot=snapshot), **self._limit(ctx))
+        if settled.charged != charge:
+            snapshot["uncollected"] = charge - settled.charged  # usage above the hold, balance could not pay
+            log.warning("request %s: charge capped at %s of %s", ctx.request_id, settled.charged, charge)
+        if settled.charged and not settled.posted:
+            self.writer.add(charge=PendingCharge(ctx.ve.id, ctx.key.id, settled.charged, ctx.request_id, snapshot))
+        if priced and priced.units.output:
+            await self.limiter.add_tokens(ctx.ve, ctx.key, priced.units.output)
+        self.writer.add(row=log_row(ctx, outcome, priced, settled.charged, snapshot, admission.reserved))
+        return Settlement(charge=settled.charged, balance=settled.balance)
+
+    def _price(self, ctx, admission, outcome):
+        if outcome.route is None or ctx.model is None:
+            return None  # failed everywhere (or refused): charged nothing
+        units = units_from(outcome.usage, outcome.units)
+        state = admission.handle if isinstance(admission.handle, AdmitState) else None
+        rates = state.rates.get(outcome.route.id) if state else None
+        if rates is None:
+            rate = self.rates.rate(ctx.ve.organization.id, outcome.route.physical_model.provider.currency)
+            rates = route_rates(ctx.model, outcome.route, ctx.ve.organization.markup, rate)
+        return price_call(rates, units)
+
+    async def record(self, ctx: CallContext, outcome: Outcome) -> None:
+        self.writer.add(row=log_row(ctx, outcome, None, 0, {}, 0))
+
+    async def close(self) -> None:
+        await self.writer.flush()
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+def _micros(credits: Decimal) -> int:
+    from billing.money import to_micros
+
+    return to_micros(credits)
+
+
+def _affordable_output(rates: RouteRates, reserved: int, prompt: int, output: int) -> int:
+    """Most output tokens whose charge, with the prompt, stays within `reserved` micro-credits."""
+    left = Decimal(reserved) / MICROS_PER_CREDIT - rates.charge_exact(Units(input=prompt))
+    per_token = rates.charge_per["output"]
+    if left < 0:
+        return -1
+    if not per_token:
+        return output
+    return min(output, int(left / per_token))
+
+
+def prompt_tokens(ctx: CallContext) -> int:
+    body = ctx.body
+    try:
+        from gateway import tokens
+
+        name = ctx.model.routes[0].physical_model.upstream_model if ctx.model and ctx.model.routes else None
+        if "messages" in body:
+            count = tokens.count_messages(body.get("messages") or [], name)
+        else:
+            count = tokens.count_content(body.get("input") or "", name) if isinstance(body.get("input"), str) else \
+                sum(tokens.count_content(x, name) if isinstance(x, str) else len(x) for x in body.get("input") or [])
+    except Exception:  # no tokenizer: a generous count (about 3 bytes per token)
+        count = len(json.dumps(body.get("messages") or body.get("input") or "")) // 3 + 1
+    return int((Decimal(count) * ESTIMATE_MARGIN).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def requested_output(ctx: CallContext) -> int:
+    if ctx.endpoint != "chat.completions":
+        return 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = ctx.body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return ctx.model.default_max_output_tokens
+
+
+def exhausted(ctx: CallContext) -> BudgetExhausted:
+    exc = BudgetExhausted(checkout_url(ctx.ve.public_id), mode=ctx.ve.exhaustion_mode)
+    from gateway.magic import exhausted_text  # the kind wording of the "message" mode
+
+    exc.message = exhausted_text(ctx.ve, exc.checkout_url)
+    return exc
+
+
+def not_priced(exc: PricingError) -> Exception:
+    try:  # the gateway renders its own error type; billing does not depend on it otherwise
+        from gateway.errors import GatewayError
+    except ImportError:  # pragma: no cover
+        return exc
+    return GatewayError(400, str(exc), type="invalid_request_error", code=PricingError.code, param="model")
+
+
+def log_row(ctx: CallContext, outcome: Outcome, priced, charged: int, snapshot: dict, reserved: int) -> dict:
+    route = outcome.route
+    pm = route.physical_model if route else None
+    units = priced.units if priced else units_from(outcome.usage, outcome.units)
+    snapshot = dict(snapshot, reserved=reserved) if priced else snapshot
+    return dict(
+        request_id=ctx.request_id, organization_id=ctx.ve.organization.id, virtual_endpoint_id=ctx.ve.id,
+        access_key_id=ctx.key.id if ctx.key else None, run_id=ctx.run_id or "", endpoint=ctx.endpoint,
+        logical_model_name=ctx.requested_model or (ctx.model.name if ctx.model else ""),
+        logical_model_id=ctx.model.id if ctx.model else None, physical_model_id=pm.id if pm else None,
+        provider_id=pm.provider.id if pm else None, stream=ctx.stream, status=_status(outcome),
+        http_status=outcome.http_status, error_code=outcome.error_code or "", attempts=outcome.attempts,
+        input_tokens=units.input, cached_input_tokens=units.cached_input, cache_creation_tokens=units.cache_creation,
+        output_tokens=units.output, images=sum(int(i.get("n", 1)) for i in units.images),
+        audio_seconds=units.audio_seconds, usage_estimated=units.estimated,
+        cost=priced.cost if priced else Decimal(0), cost_currency=priced.cost_currency if priced else "",
+        cost_credits=priced.cost_credits if priced else 0, charge=charged, price_snapshot=snapshot,
+        client_disconnected=outcome.client_disconnected,
+        started_at=datetime.fromtimestamp(ctx.started_at or 0, tz=UTC), latency_ms=max(outcome.latency_ms, 0),
+        ttfb_ms=outcome.ttfb_ms,
+    )
+
+
+def _status(outcome: Outcome) -> str:
+    if outcome.client_disconnected:
+        return "disconnected"
+    return outcome.status or "ok"
+
+
+def install() -> RealBiller:
+    """Install the real biller for this process (billing.gate.get_biller calls it)."""
+    from billing import gate
+    from billing.ledger import on_posted
+
+    biller = RealBiller()
+    if biller.budget.name == "redis":
+        on_posted(biller.budget.grant_applied)
+    gate.set_biller(biller)
+    return biller
+
+
+async def shutdown() -> None:
+    """Flush what is buffered (the gateway's lifespan shutdown should await this)."""
+    from billing import gate
+
+    biller = gate._biller
+    if isinstance(biller, RealBiller):
+        await biller.close()

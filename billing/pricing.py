@@ -1,0 +1,284 @@
+"""Units -> cost -> charge, exactly.
+
+For one call at one route:
+
+    cost          = Σ units × the physical model's unit cost   (provider currency, Decimal)
+    cost_credits  = cost × the exchange rate in force           (credits, Decimal)
+    charge        = Σ units × the logical model's sale price    for every component it prices,
+                  + Σ cost_credits of the other components × the organization's markup
+
+Prices are per 1M tokens (per image, per second for other units). Everything stays an
+exact Decimal until the very end of the per-call computation, where the ONE rounding rule
+applies: `billing.money.to_micros`, a ceiling to whole micro-credits (a fraction of a
+micro-credit is charged as one; nothing is billed at zero by rounding).
+
+A component that must be charged from cost, where the physical model's cost is zero for
+both input and output and the logical model has no sale price, is refused (PricingError):
+a merchant who forgot a price must get a clear error, never free calls by accident. A cost
+in a currency without an exchange rate is refused the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from billing.money import to_micros
+from routing.snapshot import LogicalModelSnap, RouteSnap
+
+MTOK = Decimal(1_000_000)
+ZERO = Decimal(0)
+TOKEN_COMPONENTS = ("input", "cached_input", "cache_creation", "output")
+_COST_FIELDS = {
+    "input": "input_cost_per_mtok",
+    "cached_input": "cached_input_cost_per_mtok",
+    "cache_creation": "cache_write_cost_per_mtok",
+    "output": "output_cost_per_mtok",
+}
+_SALE_FIELDS = {
+    "input": "input_price_per_mtok",
+    "cached_input": "cached_input_price_per_mtok",
+    "cache_creation": "cache_write_price_per_mtok",
+    "output": "output_price_per_mtok",
+}
+
+
+class PricingError(Exception):
+    """The call cannot be priced (no price, no cost, no exchange rate). The message is
+    shown to the API user: it names the model, never a provider or a credential."""
+
+    code = "model_not_priced"
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    input: int = 0
+    cached_input: int = 0
+    cache_creation: int = 0
+    output: int = 0
+    images: tuple = ()  # ({"size": "1024x1024", "quality": "standard", "n": 1}, ...)
+    audio_seconds: Decimal = ZERO
+    estimated: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "input": self.input, "cached_input": self.cached_input, "cache_creation": self.cache_creation,
+            "output": self.output, "images": list(self.images), "audio_seconds": str(self.audio_seconds),
+        }
+
+
+def units_from(usage, extra: dict | None = None) -> Units:
+    """Units from gateway.adapters.base.Usage (or None) and Outcome.units."""
+    extra = extra or {}
+    return Units(
+        input=getattr(usage, "input_tokens", 0) or 0,
+        cached_input=getattr(usage, "cached_input_tokens", 0) or 0,
+        cache_creation=getattr(usage, "cache_creation_tokens", 0) or 0,
+        output=getattr(usage, "output_tokens", 0) or 0,
+        images=tuple(extra.get("images") or ()),
+        audio_seconds=Decimal(str(extra.get("audio_seconds") or 0)),
+        estimated=bool(getattr(usage, "estimated", False)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    currency: str
+    credits_per_unit: Decimal
+    rate_id: int | None
+    organization_id: int | None
+    effective_from: datetime | None
+
+    def snapshot(self) -> dict:
+        return {"currency": self.currency, "credits_per_unit": str(self.credits_per_unit), "rate_id": self.rate_id,
+                "organization_id": self.organization_id,
+                "effective_from": self.effective_from.isoformat() if self.effective_from else None}
+
+
+CREDITS = Rate("CREDITS", Decimal(1), None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRates:
+    """Per-unit prices of one route for one logical model, all exact Decimals.
+
+    charge_per[c] is credits per token of component c; cost_per[c] provider currency per token."""
+
+    route: RouteSnap
+    rate: Rate | None
+    markup: Decimal
+    charge_per: dict
+    cost_per: dict
+    sale_components: frozenset
+    image_prices: dict = field(default_factory=dict)  # the logical model's, credits per image
+    price_per_second: Decimal | None = None  # the logical model's, credits per audio second
+
+    def charge_exact(self, units: Units) -> Decimal:
+        total = sum((getattr(units, c) * self.charge_per[c] for c in TOKEN_COMPONENTS), ZERO)
+        return total + self._other_units(units, sale=True)
+
+    def cost_exact(self, units: Units) -> Decimal:
+        total = sum((getattr(units, c) * self.cost_per[c] for c in TOKEN_COMPONENTS), ZERO)
+        return total + self._other_units(units, sale=False)
+
+    def _other_units(self, units: Units, *, sale: bool) -> Decimal:
+        if not units.images and not units.audio_seconds:
+            return ZERO
+        pm = self.route.physical_model
+        total = ZERO
+        for image in units.images:
+            n = int(image.get("n", 1))
+            cost = _image_price(pm.image_costs, image)
+            total += n * (self._sale_image(image, cost) if sale else cost)
+        if units.audio_seconds:
+            cost = units.audio_seconds * pm.audio_cost_per_second
+            total += self._sale_audio(units.audio_seconds, cost) if sale else cost
+        return total
+
+    def _sale_image(self, image: dict, cost: Decimal) -> Decimal:
+        price = (self.image_prices.get(image.get("size") or "1024x1024") or {}).get(image.get("quality") or "standard")
+        return self._from_cost(cost) if price is None else Decimal(str(price))
+
+    def _sale_audio(self, seconds: Decimal, cost: Decimal) -> Decimal:
+        return self._from_cost(cost) if self.price_per_second is None else seconds * self.price_per_second
+
+    def _from_cost(self, cost: Decimal) -> Decimal:
+        if cost and self.rate is None:
+            raise PricingError("This model's provider cost has no exchange rate to credits; ask the operator to set one.")
+        return cost * (self.rate.credits_per_unit if self.rate else ZERO) * self.markup
+
+
+def _image_price(table: dict, image: dict) -> Decimal:
+    by_quality = (table or {}).get(image.get("size") or "1024x1024") or {}
+    value = by_quality.get(image.get("quality") or "standard")
+    return Decimal(str(value)) if value is not None else ZERO
+
+
+def route_rates(model: LogicalModelSnap, route: RouteSnap, markup: Decimal, rate: Rate | None) -> RouteRates:
+    """Per-token prices of `route` when it serves `model`; raises PricingError if unpriceable."""
+    pm = route.physical_model
+    cost_per = {c: getattr(pm, _COST_FIELDS[c]) / MTOK for c in TOKEN_COMPONENTS}
+    charge_per, sale = {}, set()
+    for c in TOKEN_COMPONENTS:
+        price = getattr(model, _SALE_FIELDS[c])
+        if price is not None:
+            charge_per[c] = price / MTOK
+            sale.add(c)
+        elif rate is not None:
+            charge_per[c] = cost_per[c] * rate.credits_per_unit * markup
+        else:
+            charge_per[c] = None
+    _refuse_unpriced(model, pm, cost_per, charge_per, sale)
+    charge_per = {c: (v if v is not None else ZERO) for c, v in charge_per.items()}
+    return RouteRates(route, rate, markup, charge_per, cost_per, frozenset(sale),
+                      model.image_prices or {}, model.price_per_second)
+
+
+def _refuse_unpriced(model, pm, cost_per, charge_per, sale) -> None:
+    if model.modality not in ("chat", "embedding"):
+        return  # images and audio are priced per image / per second (see _other_units)
+    needs_cost = {"input", "output"} - sale
+    if model.modality == "embedding":
+        needs_cost.discard("output")
+    if not needs_cost:
+        return
+    if any(charge_per[c] is None and cost_per[c] for c in needs_cost):
+        raise PricingError(
+            f"Model '{model.name}' cannot be billed: its provider's currency {pm.provider.currency} has no exchange "
+            "rate to credits. Ask the operator to set one."
+        )
+    if not any(cost_per[c] for c in needs_cost) and not sale:
+        raise PricingError(
+            f"Model '{model.name}' has no price: set a sale price on the logical model or a cost on its physical model."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    units: Units
+    cost: Decimal  # provider currency, exact
+    cost_currency: str
+    cost_credits: int  # micro-credits (ceiling), 0 when no rate
+    charge: int  # micro-credits (ceiling)
+    snapshot: dict = field(default_factory=dict)
+
+
+def price_call(rates: RouteRates, units: Units) -> Priced:
+    """The one per-call computation; the only rounding is to_micros at the end."""
+    cost = rates.cost_exact(units)
+    cost_credits = to_micros(cost * rates.rate.credits_per_unit) if rates.rate else 0
+    charge = to_micros(rates.charge_exact(units))
+    return Priced(units, cost, rates.route.physical_model.provider.currency, cost_credits, charge, price_snapshot(rates))
+
+
+def price_snapshot(rates: RouteRates) -> dict:
+    """What a disputed call is re-rated from: every price and the rate used."""
+    pm = rates.route.physical_model
+    return {
+        "route_id": rates.route.id,
+        "physical_model_id": pm.id,
+        "cost_per_mtok": {c: str(getattr(pm, _COST_FIELDS[c])) for c in TOKEN_COMPONENTS},
+        "cost_currency": pm.provider.currency,
+        "sale_per_mtok": {c: _plain(rates.charge_per[c] * MTOK) for c in sorted(rates.sale_components)},
+        "markup": str(rates.markup),
+        "rate": rates.rate.snapshot() if rates.rate else None,
+        "rounding": "ceiling to 1 micro-credit, once per call",
+    }
+
+
+def _plain(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+# --- exchange rates, cached in-process -------------------------------------------------
+
+class RateBook:
+    """Every ExchangeRate row, in memory: the hot path never reads SQL for a rate.
+
+    `refresh()` reloads the whole (small) table; the biller calls `maybe_refresh()` at most
+    every `max_age` seconds from a worker thread, and a configuration change (a new rate
+    is one) marks the book stale. Lookup = billing.rates.rate_in_force's rule: the
+    organization's newest row in force wins over the operator's default (organization NULL).
+    """
+
+    def __init__(self, max_age: float = 1.0):
+        self.max_age = max_age
+        self.loaded_at = 0.0
+        self._rows: dict[tuple[int | None, str], list] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        from billing.models import ExchangeRate
+
+        rows: dict[tuple[int | None, str], list] = {}
+        for r in ExchangeRate.objects.order_by("-effective_from", "-id").values_list(
+            "id", "organization_id", "currency", "credits_per_unit", "effective_from"
+        ):
+            rows.setdefault((r[1], r[2]), []).append(Rate(r[2], r[3], r[0], r[1], r[4]))
+        with self._lock:
+            self._rows, self.loaded_at = rows, time.monotonic()
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.loaded_at > self.max_age
+
+    def mark_stale(self) -> None:
+        self.loaded_at = 0.0
+
+    def rate(self, organization_id: int, currency: str, at: datetime | None = None) -> Rate | None:
+        if currency == "CREDITS":
+            return CREDITS
+        at = at or _now()
+        for owner in (organization_id, None):
+            for rate in self._rows.get((owner, currency), ()):
+                if rate.effective_from <= at:
+                    return rate
+        return None
+
+
+def _now() -> datetime:
+    from django.utils import timezone
+
+    return timezone.now()

@@ -1,0 +1,163 @@
+"""Request log rows (and, in Redis mode, charge ledger entries) written in batches.
+
+The gateway's hot path only appends to an in-memory buffer. A background task per event
+loop flushes it every INTERVAL seconds, or as soon as MAX_ROWS are waiting, in one
+transaction: the ledger entries (post_entry; the unique request id makes a re-flush a
+no-op) and then one bulk_create of the log rows.
+
+Nothing is lost on a clean shutdown: the gateway's lifespan shutdown awaits `flush()`,
+and an atexit hook flushes what is left. A crash loses the buffer: the log rows are gone,
+but in Redis mode every charge is also held in Redis's "unposted" record, from which the
+reconciliation task posts the missing ledger entries (billing/reconcile.py); in SQL mode
+charges are in the ledger before settle returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+
+from billing.ledger import post_entry
+from billing.models import LedgerKind, RequestLog
+from routing.models import AccessKey, VirtualEndpoint
+
+log = logging.getLogger("tokenbill.billing")
+
+INTERVAL = 0.5
+MAX_ROWS = 500
+MAX_BUFFER = 100_000  # beyond this (database down for long) the oldest log rows are dropped
+
+
+@dataclass(slots=True)
+class PendingCharge:
+    ve_id: int
+    key_id: int | None
+    amount: int
+    request_id: str
+    rate_snapshot: dict
+
+
+class LogWriter:
+    def __init__(self, interval: float = INTERVAL, max_rows: int = MAX_ROWS):
+        self.interval = interval
+        self.max_rows = max_rows
+        self._rows: list[dict] = []
+        self._charges: list[PendingCharge] = []
+        self._lock = threading.Lock()  # the buffer is shared by every loop and thread of the process
+        self._write_lock = threading.Lock()
+        self._tasks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._wake: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.written = 0
+
+    # --- hot path ----------------------------------------------------------------------
+
+    def add(self, row: dict | None = None, charge: PendingCharge | None = None) -> None:
+        with self._lock:
+            if row is not None:
+                self._rows.append(row)
+            if charge is not None:
+                self._charges.append(charge)
+            size = len(self._rows) + len(self._charges)
+        self._ensure_task(size >= self.max_rows)
+
+    def _ensure_task(self, urgent: bool) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a sync caller): the atexit hook or an explicit flush writes it
+        task = self._tasks.get(loop)
+        if task is None or task.done():
+            self._wake[loop] = asyncio.Event()
+            self._tasks[loop] = loop.create_task(self._run(self._wake[loop]))
+        if urgent:
+            self._wake[loop].set()
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # keep the loop alive; the buffer is retried next time
+                log.exception("request log flush failed; will retry")
+
+    # --- writing -----------------------------------------------------------------------
+
+    def pending(self) -> int:
+        return len(self._rows) + len(self._charges)
+
+    async def flush(self) -> int:
+        if not self.pending():
+            return 0
+        return await sync_to_async(self.flush_sync)()
+
+    def flush_sync(self) -> int:
+        with self._write_lock:
+            with self._lock:
+                rows, charges = self._rows, self._charges
+                self._rows, self._charges = [], []
+            if not rows and not charges:
+                return 0
+            try:
+                self._write(rows, charges)
+            except Exception:
+                with self._lock:  # put them back, in order, for the next attempt
+                    self._rows[:0] = rows[-MAX_BUFFER:]
+                    self._charges[:0] = charges
+                raise
+            self.written += len(rows)
+            return len(rows)
+
+    def _write(self, rows: list[dict], charges: list[PendingCharge]) -> None:
+        with transaction.atomic():
+            for charge in charges:
+                _post_charge(charge)
+            RequestLog.objects.bulk_create([RequestLog(**row) for row in rows], ignore_conflicts=True)
+        # Redis keeps its unposted-charge records RETAIN seconds on purpose (see
+        # billing/budget_redis.py); the sweep drops them once the ledger has them.
+
+
+def _post_charge(charge: PendingCharge) -> None:
+    kwargs = dict(
+        virtual_endpoint=VirtualEndpoint(pk=charge.ve_id),
+        access_key=AccessKey(pk=charge.key_id) if charge.key_id else None,
+        kind=LedgerKind.CHARGE, amount=charge.amount, idempotency_key=charge.request_id,
+        request_id=charge.request_id, rate_snapshot=charge.rate_snapshot,
+    )
+    try:
+        # Redis already moved its counters; this moves the SQL mirror of them.
+        post_entry(**kwargs)
+    except IntegrityError:
+        # The SQL mirror would pass its budget (it lags Redis after a Redis rebuild):
+        # record the charge anyway; reconciliation repairs the mirror from the ledger.
+        log.error("charge %s posted without moving SQL counters (mirror over budget)", charge.request_id)
+        post_entry(**kwargs, update_counters=False)
+
+
+_writer: LogWriter | None = None
+
+
+def get_writer() -> LogWriter:
+    global _writer
+    if _writer is None:
+        _writer = LogWriter()
+        atexit.register(_flush_at_exit, _writer)
+    return _writer
+
+
+def _flush_at_exit(writer: LogWriter) -> None:
+    if writer.pending():
+        try:
+            writer.flush_sync()
+        except Exception:
+            log.exception("request log rows lost at exit")
