@@ -101,3 +101,53 @@ def test_success_page_polls_until_the_payment_is_confirmed(shop, chromium_browse
     page.get_by_text("Payment confirmed").wait_for(timeout=5000)
     assert page.get_by_test_id("new-balance").inner_text() == "10,000,000"
     assert Payment.objects.get(pk=started.payment.pk).status == "paid"
+
+
+# The gateway's fixtures (live ASGI app = gateway + Django pages, fake OpenAI upstream).
+from tests.gateway.conftest import live_gateway, openai_up  # noqa: E402,F401
+
+
+def test_budget_exhausted_answer_links_to_checkout_and_the_call_succeeds_after_paying(
+    settings, test_mode, rates, live_gateway, openai_up, chromium_browser, monkeypatch
+):
+    import httpx
+
+    from billing import gate
+    from routing.cache import routing_cache
+
+    if isinstance(gate.get_biller(), gate.NullBiller):
+        pytest.skip("LOUD SKIP: the real biller (billing/biller.py) is not installed: no 429 to follow")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    settings.PUBLIC_BASE_URL = live_gateway.url
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    # given a VE with no credits, behind the real gateway
+    org = factories.make_org()
+    provider = factories.make_provider(org, kind="openai", base_url=openai_up.base_url, api_key=openai_up.api_key)
+    model = factories.make_logical_model(org, "chat", routes=[factories.make_physical_model(provider, "gpt-up")])
+    ve = factories.make_ve(org, name="Empty Chat", models=[model])
+    _, secret = factories.make_key(ve)
+    routing_cache.refresh_now()
+    book = getattr(gate.get_biller(), "rates", None)
+    if book is not None:
+        book.refresh()
+    call = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+    headers = {"Authorization": f"Bearer {secret}"}
+    url = f"{live_gateway.url}/{ve.public_id}/v1/chat/completions"
+    # when the app calls it: 429 with the checkout link
+    refused = httpx.post(url, json=call, headers=headers, timeout=20)
+    assert refused.status_code == 429, refused.text
+    link = refused.json()["error"]["checkout_url"]
+    assert link.startswith(f"{live_gateway.url}/checkout?ve_id={ve.public_id}&token=")
+    # when the end user follows it, picks $50 and pays in test mode
+    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(link)
+    page.locator("label.co-amount").filter(has_text=re.compile(r"^\s*\$50\s*$")).click()
+    page.wait_for_function("document.querySelector('#preview').innerText.includes('5,000,000')")
+    page.get_by_role("button", name="Pay securely").click()
+    page.get_by_role("button", name="Confirm test payment").click()
+    page.get_by_text("Payment confirmed").wait_for()
+    page.screenshot(path=str(SHOTS / "gateway-topped-up-1280.png"), full_page=True)
+    # then the same call now succeeds
+    served = httpx.post(url, json=call, headers=headers, timeout=20)
+    assert served.status_code == 200, served.text
+    assert served.json()["choices"][0]["message"]["content"]
