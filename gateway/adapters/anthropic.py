@@ -59,10 +59,13 @@ class AnthropicAdapter(Adapter):
             "anthropic-version": ANTHROPIC_VERSION,
             "content-type": "application/json",
         }
-        return HttpCall("POST", messages_url(target.provider.base_url), headers, translate_request(body, stream))
+        with shapes.client_request():
+            payload = translate_request(body, stream)
+        return HttpCall("POST", messages_url(target.provider.base_url), headers, payload)
 
     def chat_response(self, target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
-        return translate_response(target, payload)
+        with shapes.upstream_answer("Anthropic message of an unexpected shape"):
+            return translate_response(target, payload)
 
     def stream_decoder(self, target: PhysicalModelSnap, include_usage: bool) -> StreamDecoder:
         return AnthropicStreamDecoder(target, include_usage)
@@ -253,7 +256,8 @@ class AnthropicStreamDecoder(shapes.TranslatingDecoder):
             raise shapes.malformed("Anthropic stream event is not an object")
         handler = self.HANDLERS.get(data.get("type") or event.event)
         # Unknown event types are skipped, as Anthropic asks clients to do.
-        return handler(self, data) if handler else []
+        with shapes.upstream_answer("Anthropic stream event of an unexpected shape"):
+            return handler(self, data) if handler else []
 
     def on_message_start(self, data: dict) -> list[dict]:
         message = data.get("message") or {}

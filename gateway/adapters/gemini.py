@@ -67,23 +67,28 @@ class GeminiAdapter(Adapter):
 
     def chat_request(self, target: PhysicalModelSnap, body: dict, *, stream: bool) -> HttpCall:
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        url = model_url(target.provider.base_url, body["model"], method)
-        return HttpCall("POST", url, self.headers(target), translate_request(body))
+        with shapes.client_request():
+            payload = translate_request(body)
+        return HttpCall("POST", model_url(target.provider.base_url, body["model"], method), self.headers(target),
+                        payload)
 
     def chat_response(self, target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
-        return translate_response(target, payload)
+        with shapes.upstream_answer("Gemini answer of an unexpected shape"):
+            return translate_response(target, payload)
 
     def stream_decoder(self, target: PhysicalModelSnap, include_usage: bool) -> StreamDecoder:
         return GeminiStreamDecoder(target, include_usage)
 
     def embeddings_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
-        method, payload = translate_embeddings_request(body)
+        with shapes.client_request():
+            method, payload = translate_embeddings_request(body)
         return HttpCall("POST", model_url(target.provider.base_url, body["model"], method), self.headers(target),
                         payload)
 
     def embeddings_response(self, target: PhysicalModelSnap, payload: dict,
                             body: dict | None = None) -> tuple[dict, Usage | None]:
-        return translate_embeddings_response(target, payload, body)
+        with shapes.upstream_answer("Gemini embeddings answer of an unexpected shape"):
+            return translate_embeddings_response(target, payload, body)
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         return translate_error(status, body, headers)
@@ -321,6 +326,10 @@ class GeminiStreamDecoder(shapes.TranslatingDecoder):
         data = shapes.load_json(event.data, "Gemini stream chunk is not JSON")
         if not isinstance(data, dict):
             raise shapes.malformed("Gemini stream chunk is not an object")
+        with shapes.upstream_answer("Gemini stream chunk of an unexpected shape"):
+            return self._response(data)
+
+    def _response(self, data: dict) -> list[dict]:
         if "error" in data:
             raise _stream_error(data["error"])
         if data.get("responseId"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+from contextlib import contextmanager
 import re
 import time
 import uuid
@@ -104,6 +105,30 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 def malformed(what: str) -> UpstreamError:
     """A malformed upstream answer: the route is broken, so the gateway may fall back."""
     return UpstreamError(502, f"malformed upstream answer: {what}", transient=True, code="bad_upstream_response")
+
+
+# What a translation raises when a field has an unexpected type or shape.
+SHAPE_ERRORS = (KeyError, TypeError, AttributeError, ValueError, IndexError)
+
+
+@contextmanager
+def client_request():
+    """A request we cannot translate is the client's fault: a 400 that does not fall back
+    (and does not count against the route's circuit breaker), never a 5xx."""
+    try:
+        yield
+    except SHAPE_ERRORS as exc:
+        raise bad_request(f"the request cannot be translated for this model ({type(exc).__name__}: "
+                          f"{scrub(str(exc))[:120]})") from None
+
+
+@contextmanager
+def upstream_answer(what: str):
+    """An answer of the wrong shape is the route's fault: transient, the gateway may fall back."""
+    try:
+        yield
+    except SHAPE_ERRORS:
+        raise malformed(what) from None
 
 
 def load_json(data: bytes | str, what: str):

@@ -4,7 +4,7 @@ import pytest
 
 from gateway import tokens
 from gateway.adapters.anthropic import AnthropicAdapter, messages_url
-from gateway.adapters.base import REGISTRY, UpstreamError
+from gateway.adapters.base import REGISTRY, SSEEvent, UpstreamError
 from tests.fakes import anthropic_server as fake
 from tests.fakes import drive
 from tests.fakes.anthropic_server import AnthropicFake
@@ -428,3 +428,24 @@ async def test_stream_ping_and_unknown_events_are_ignored(upstream, tgt):
     upstream.script(fake.stream(events=events))
     out = await drive.chat_stream(adapter, tgt, chat_body(stream=True), include_usage=False)
     assert out.text == "ok" and out.decoder.done
+
+
+@pytest.mark.parametrize("bad", [{"tools": ["not-a-tool"]}, {"temperature": "hot"}, {"n": "two"},
+                                 {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+                                 {"messages": "hello"}])
+def test_untranslatable_requests_are_client_errors_not_route_failures(bad):
+    # A 5xx (or a transient error) here would let a client trip the route's circuit breaker.
+    with pytest.raises(UpstreamError) as err:
+        adapter.chat_request(drive.target("anthropic", "http://x", KEY), chat_body(**bad), stream=False)
+    assert err.value.status == 400 and not err.value.transient
+
+
+def test_answer_of_unexpected_shape_is_malformed_and_transient():
+    t = drive.target("anthropic", "http://x", KEY)
+    with pytest.raises(UpstreamError) as err:
+        adapter.chat_response(t, {"content": ["not a block"], "usage": {}})
+    assert err.value.transient and err.value.status == 502
+    decoder = adapter.stream_decoder(t, include_usage=False)
+    with pytest.raises(UpstreamError) as err:
+        decoder.feed(SSEEvent(data=json.dumps({"type": "content_block_delta", "index": 0, "delta": "x"})))
+    assert err.value.transient

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gateway import tokens
-from gateway.adapters.base import REGISTRY, UpstreamError
+from gateway.adapters.base import REGISTRY, SSEEvent, UpstreamError
 from gateway.adapters.gemini import SIGNATURE_MARK, GeminiAdapter, model_url
 from tests.fakes import drive
 from tests.fakes import gemini_server as fake
@@ -396,3 +396,18 @@ def test_embeddings_of_token_ids_are_refused_as_client_error():
     with pytest.raises(UpstreamError) as err:
         adapter.embeddings_request(drive.target("gemini", "http://x", KEY), {"model": "m", "input": [[1, 2]]})
     assert err.value.status == 400 and not err.value.transient
+
+
+@pytest.mark.parametrize("bad", [{"tools": ["not-a-tool"]}, {"n": "two"}, {"messages": "hello"},
+                                 {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}])
+def test_untranslatable_requests_are_client_errors_not_route_failures(bad):
+    with pytest.raises(UpstreamError) as err:
+        adapter.chat_request(drive.target("gemini", "http://x", KEY), chat_body(**bad), stream=False)
+    assert err.value.status == 400 and not err.value.transient
+
+
+def test_stream_chunk_of_unexpected_shape_is_malformed_and_transient():
+    decoder = adapter.stream_decoder(drive.target("gemini", "http://x", KEY), include_usage=False)
+    with pytest.raises(UpstreamError) as err:
+        decoder.feed(SSEEvent(data=json.dumps({"candidates": [{"content": {"parts": ["text"]}}]})))
+    assert err.value.transient and err.value.status == 502
