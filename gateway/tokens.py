@@ -87,6 +87,13 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return enc
 
 
+def warm() -> None:
+    """Load both encodings now (about 0.3 s each), e.g. at process start-up, so the first
+    call that needs a count does not pay for it."""
+    for name in ENCODING_FILES:
+        get_encoding(name)
+
+
 def load_encoding(name: str, directory: Path) -> tiktoken.Encoding:
     """Build a tiktoken Encoding from the seeded cache in `directory` (never the network)."""
     from tiktoken_ext import openai_public

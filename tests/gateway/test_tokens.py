@@ -164,3 +164,9 @@ def test_count_content_handles_embeddings_inputs():
     assert tokens.count_content([15339, 1917]) == 2
     assert tokens.count_content([[15339, 1917], [1, 2, 3]]) == 5
     assert tokens.count_content([]) == 0 and c("") == 0
+
+
+def test_warm_loads_both_encodings(monkeypatch):
+    monkeypatch.setattr(tokens, "_encodings", {})
+    tokens.warm()
+    assert set(tokens._encodings) == {"cl100k_base", "o200k_base"}
