@@ -36,7 +36,7 @@ class LedgerEntryOut(Schema):
 
 
 class GrantIn(Schema):
-    credits: Annotated[Decimal, Field(gt=0, max_digits=24, decimal_places=6)] = Field(
+    credits: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6)] = Field(
         description="Credits to add, as a decimal string such as \"1000\" or \"12.5\"."
     )
     note: str = Field("", max_length=500)

@@ -16,6 +16,7 @@ from billing.money import credits_to_micros_exact
 from routing import selectors, services
 from routing.models import AccessKey, LogicalModel, PhysicalModel, Provider, VirtualEndpoint
 from routing.schemas import (
+    DbId,
     EndpointIn,
     EndpointOut,
     EndpointPatch,
@@ -43,7 +44,7 @@ def _org_id(request: HttpRequest) -> int:
 
 # --- providers ------------------------------------------------------------------------
 
-def _provider(request, provider_id: int) -> Provider:
+def _provider(request, provider_id: DbId) -> Provider:
     return get_object_or_404(selectors.provider_list(organization_id=_org_id(request)), pk=provider_id)
 
 
@@ -58,29 +59,29 @@ def provider_create(request, payload: ProviderIn):
 
 
 @router.get("/providers/{provider_id}", response=ProviderOut, tags=["providers"])
-def provider_get(request, provider_id: int):
+def provider_get(request, provider_id: DbId):
     return _provider(request, provider_id)
 
 
 @router.patch("/providers/{provider_id}", response=ProviderOut, tags=["providers"])
-def provider_update(request, provider_id: int, payload: ProviderPatch):
+def provider_update(request, provider_id: DbId, payload: ProviderPatch):
     return services.provider_update(provider=_provider(request, provider_id), **payload.dict(exclude_unset=True))
 
 
 @router.delete("/providers/{provider_id}", response={204: None}, tags=["providers"])
-def provider_delete(request, provider_id: int):
+def provider_delete(request, provider_id: DbId):
     services.provider_delete(provider=_provider(request, provider_id))
     return Status(204, None)
 
 
 # --- physical models ------------------------------------------------------------------
 
-def _physical_model(request, physical_model_id: int) -> PhysicalModel:
+def _physical_model(request, physical_model_id: DbId) -> PhysicalModel:
     return get_object_or_404(selectors.physical_model_list(organization_id=_org_id(request)), pk=physical_model_id)
 
 
 @router.get("/physical-models", response=list[PhysicalModelOut], tags=["physical models"])
-def physical_model_list(request, provider_id: int | None = None):
+def physical_model_list(request, provider_id: DbId | None = None):
     return selectors.physical_model_list(organization_id=_org_id(request), provider_id=provider_id)
 
 
@@ -94,26 +95,26 @@ def physical_model_create(request, payload: PhysicalModelIn):
 
 
 @router.get("/physical-models/{physical_model_id}", response=PhysicalModelOut, tags=["physical models"])
-def physical_model_get(request, physical_model_id: int):
+def physical_model_get(request, physical_model_id: DbId):
     return _physical_model(request, physical_model_id)
 
 
 @router.patch("/physical-models/{physical_model_id}", response=PhysicalModelOut, tags=["physical models"])
-def physical_model_update(request, physical_model_id: int, payload: PhysicalModelPatch):
+def physical_model_update(request, physical_model_id: DbId, payload: PhysicalModelPatch):
     return services.physical_model_update(
         physical_model=_physical_model(request, physical_model_id), **payload.dict(exclude_unset=True)
     )
 
 
 @router.delete("/physical-models/{physical_model_id}", response={204: None}, tags=["physical models"])
-def physical_model_delete(request, physical_model_id: int):
+def physical_model_delete(request, physical_model_id: DbId):
     services.physical_model_delete(physical_model=_physical_model(request, physical_model_id))
     return Status(204, None)
 
 
 # --- logical models -------------------------------------------------------------------
 
-def _logical_model(request, logical_model_id: int) -> LogicalModel:
+def _logical_model(request, logical_model_id: DbId) -> LogicalModel:
     return get_object_or_404(selectors.logical_model_list(organization_id=_org_id(request)), pk=logical_model_id)
 
 
@@ -144,12 +145,12 @@ def logical_model_create(request, payload: LogicalModelIn):
 
 
 @router.get("/logical-models/{logical_model_id}", response=LogicalModelOut, tags=["logical models"])
-def logical_model_get(request, logical_model_id: int):
+def logical_model_get(request, logical_model_id: DbId):
     return _logical_model(request, logical_model_id)
 
 
 @router.patch("/logical-models/{logical_model_id}", response=LogicalModelOut, tags=["logical models"])
-def logical_model_update(request, logical_model_id: int, payload: LogicalModelPatch):
+def logical_model_update(request, logical_model_id: DbId, payload: LogicalModelPatch):
     data = payload.dict(exclude_unset=True)
     data.pop("routes", None)
     # Route fields get their defaults even in a PATCH: the list replaces every route.
@@ -163,7 +164,7 @@ def logical_model_update(request, logical_model_id: int, payload: LogicalModelPa
 
 
 @router.delete("/logical-models/{logical_model_id}", response={204: None}, tags=["logical models"])
-def logical_model_delete(request, logical_model_id: int):
+def logical_model_delete(request, logical_model_id: DbId):
     services.logical_model_delete(logical_model=_logical_model(request, logical_model_id))
     return Status(204, None)
 
@@ -229,7 +230,7 @@ def endpoint_delete(request, ve_id: str):
 
 # --- access keys ----------------------------------------------------------------------
 
-def _key(request, ve_id: str, key_id: int) -> AccessKey:
+def _key(request, ve_id: str, key_id: DbId) -> AccessKey:
     return get_object_or_404(selectors.key_list(endpoint=endpoint_for(request, ve_id)), pk=key_id)
 
 
@@ -256,22 +257,22 @@ def key_create(request, ve_id: str, payload: KeyIn):
 
 
 @router.get("/virtual-endpoints/{ve_id}/keys/{key_id}", response=KeyOut, tags=["access keys"])
-def key_get(request, ve_id: str, key_id: int):
+def key_get(request, ve_id: str, key_id: DbId):
     return _key(request, ve_id, key_id)
 
 
 @router.patch("/virtual-endpoints/{ve_id}/keys/{key_id}", response=KeyOut, tags=["access keys"])
-def key_update(request, ve_id: str, key_id: int, payload: KeyPatch):
+def key_update(request, ve_id: str, key_id: DbId, payload: KeyPatch):
     data = _key_fields(request, payload.dict(exclude_unset=True))
     return services.key_update(key=_key(request, ve_id, key_id), **data)
 
 
 @router.post("/virtual-endpoints/{ve_id}/keys/{key_id}/revoke", response=KeyOut, tags=["access keys"])
-def key_revoke(request, ve_id: str, key_id: int):
+def key_revoke(request, ve_id: str, key_id: DbId):
     return services.key_revoke(key=_key(request, ve_id, key_id))
 
 
 @router.delete("/virtual-endpoints/{ve_id}/keys/{key_id}", response={204: None}, tags=["access keys"])
-def key_delete(request, ve_id: str, key_id: int):
+def key_delete(request, ve_id: str, key_id: DbId):
     services.key_delete(key=_key(request, ve_id, key_id))
     return Status(204, None)

@@ -37,6 +37,8 @@ ModalityT = Literal[tuple(Modality.values)]  # type: ignore[valid-type]
 ExhaustionModeT = Literal[tuple(ExhaustionMode.values)]  # type: ignore[valid-type]
 StatusT = Literal[tuple(EndpointStatus.values)]  # type: ignore[valid-type]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+# Ids fit a signed 64-bit column; anything larger is a 422, not a database overflow.
+DbId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class ErrorOut(Schema):
@@ -102,7 +104,7 @@ class PhysicalModelOut(Schema):
 
 
 class PhysicalModelIn(Schema):
-    provider_id: int
+    provider_id: DbId
     upstream_model: str = Field(min_length=1, max_length=200)
     modality: ModalityT = "chat"
     input_cost_per_mtok: NonNegative = Decimal("0")
@@ -129,7 +131,7 @@ class PhysicalModelPatch(Schema):
 # --- logical models -------------------------------------------------------------------
 
 class RouteIn(Schema):
-    physical_model_id: int
+    physical_model_id: DbId
     priority: int = Field(0, ge=0, le=32767, description="Tier: lower is tried first.")
     weight: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=4)] = Field(
         Decimal("1"), description="Share of traffic inside its tier."
@@ -180,7 +182,7 @@ class LogicalModelIn(Schema):
     output_price_per_mtok: _SALE_PRICE | None = Field(None, description="Credits per 1M output tokens.")
     image_prices: dict = {}
     price_per_second: _SALE_PRICE | None = None
-    default_max_output_tokens: int = Field(4096, ge=1)
+    default_max_output_tokens: int = Field(4096, ge=1, le=2**31 - 1)
     enabled: bool = True
     routes: list[RouteIn] = []
 
@@ -195,7 +197,7 @@ class LogicalModelPatch(Schema):
     output_price_per_mtok: _SALE_PRICE | None = None
     image_prices: dict | None = None
     price_per_second: _SALE_PRICE | None = None
-    default_max_output_tokens: int | None = Field(None, ge=1)
+    default_max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     enabled: bool | None = None
     routes: list[RouteIn] | None = Field(None, description="Replaces every route when given.")
 
@@ -242,20 +244,22 @@ class EndpointOut(Schema):
         return format_credits(obj.balance)
 
 
-_CREDITS = Annotated[Decimal, Field(ge=0, max_digits=24, decimal_places=6)]
+# At most 10^12 credits with 6 decimals: the micro-credit value fits a 64-bit column.
+_CREDITS = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class EndpointIn(Schema):
     name: str = Field(min_length=1, max_length=120)
     description: str = ""
     allowed_models: list[str] = Field([], description="Logical model names of this organization.")
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, le=2**31 - 1)
+    tokens_per_minute: int | None = Field(None, ge=1, le=2**31 - 1)
     exhaustion_mode: ExhaustionModeT = "error"
-    checkout_amounts: list[Annotated[int, Field(gt=0)]] | None = None
+    checkout_amounts: list[Annotated[int, Field(gt=0, le=2**31 - 1)]] | None = None
     checkout_currencies: list[Currency] | None = None
-    checkout_min_amount: int | None = Field(None, ge=0)
-    checkout_max_amount: int | None = Field(None, ge=0)
+    checkout_min_amount: Int32 | None = None
+    checkout_max_amount: Int32 | None = None
     low_balance_threshold: _CREDITS = Field(Decimal("0"), description="Credits; 0 turns alerts off.")
     status: StatusT = "active"
 
@@ -264,13 +268,13 @@ class EndpointPatch(Schema):
     name: str | None = Field(None, min_length=1, max_length=120)
     description: str | None = None
     allowed_models: list[str] | None = None
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, le=2**31 - 1)
+    tokens_per_minute: int | None = Field(None, ge=1, le=2**31 - 1)
     exhaustion_mode: ExhaustionModeT | None = None
-    checkout_amounts: list[Annotated[int, Field(gt=0)]] | None = None
+    checkout_amounts: list[Annotated[int, Field(gt=0, le=2**31 - 1)]] | None = None
     checkout_currencies: list[Currency] | None = None
-    checkout_min_amount: int | None = Field(None, ge=0)
-    checkout_max_amount: int | None = Field(None, ge=0)
+    checkout_min_amount: Int32 | None = None
+    checkout_max_amount: Int32 | None = None
     low_balance_threshold: _CREDITS | None = None
     status: StatusT | None = None
 
