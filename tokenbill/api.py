@@ -12,6 +12,8 @@ that would break history. Never a 500 for bad input.
 
 from __future__ import annotations
 
+import importlib.util
+
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError
@@ -82,6 +84,11 @@ def _wire_routers() -> None:
 
     api.add_router("", routing_router)
     api.add_router("", billing_router)
+    # Ledger, request and usage reports (billing/reports_api.py, built alongside).
+    if importlib.util.find_spec("billing.reports_api") is not None:
+        from billing.reports_api import router as reports_router
+
+        api.add_router("", reports_router)
 
 
 _wire_routers()
