@@ -196,3 +196,17 @@ def test_route_key_never_reaches_the_client(live_gateway, claude, biller):
     raw = err.value.response.text
     assert err.value.status_code >= 500
     assert CANARY not in raw and claude.url not in raw and "127.0.0.1" not in raw
+
+
+def test_provider_base_url_ending_in_v1_works(live_gateway, claude, biller):
+    # given: the merchant pasted https://api.anthropic.com/v1 as the base URL
+    class WithV1:
+        base_url = claude.url + "/v1/"
+        api_key = CANARY
+
+    world = make_world([(WithV1, "anthropic", "claude-up", 0, 1)])
+    # when
+    resp = client(live_gateway, world).chat.completions.create(model="chat", messages=MSG)
+    # then
+    assert resp.choices[0].message.content == "Hello from Claude."
+    assert [r.path for r in claude.requests] == ["/v1/messages"]

@@ -170,3 +170,21 @@ def test_embeddings(live_gateway, gemini, biller):
     (_, outcome), = biller.wait_settled()
     assert outcome.usage.estimated
     assert outcome.usage.input_tokens == tokens.count_content(inputs, "text-embedding-004") == 12
+
+
+def test_stream_cut_after_content_is_charged_for_what_was_generated(live_gateway, world, gemini, biller):
+    # given: two chunks reach the client, then the connection drops (no finishReason)
+    chunks = fake.stream_chunks(text=["one two three ", "four five six ", "seven"])
+    chunks[0]["usageMetadata"] = {"promptTokenCount": 30, "candidatesTokenCount": 1}
+    del chunks[1]["usageMetadata"]
+    gemini.script(fake.stream(chunks=chunks, drop_after=2))
+    received = []
+    # when
+    with pytest.raises(openai.APIError):
+        for c in client(live_gateway, world).chat.completions.create(model="chat", messages=MSG, stream=True):
+            received.append(c.choices[0].delta.content or "" if c.choices else "")
+    # then: never spliced with anything else; charged for the text that was generated
+    assert "".join(received) == "one two three four five six "
+    (_, outcome), = biller.wait_settled()
+    assert outcome.usage.estimated and outcome.usage.input_tokens == 30
+    assert outcome.usage.output_tokens == tokens.count_text("one two three four five six ", "gemini-up")
