@@ -45,7 +45,7 @@ def main() -> int:
 
     # The embedded Celery broker (kombu's filesystem transport) needs its folders to exist.
     data_dir = Path(os.environ.get("TOKENBILL_DATA_DIR", str(ROOT / "data")))
-    for folder in ("queue", "processed"):
+    for folder in ("queue", "processed", "control"):
         (data_dir / "celery" / folder).mkdir(parents=True, exist_ok=True)
 
     _manage(env, "migrate", "--noinput", quiet=True)
