@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from billing import checkout_selectors as selectors
 from billing import payments, stripe_gateway
 from billing.checkout_links import checkout_token, verify_checkout_token
-from billing.currency import exponent, format_money, format_money_short, from_minor, to_minor
+from billing.currency import exponent, format_money, format_money_short, to_minor
 from billing.models import Payment, PaymentStatus
 from billing.money import MoneyError, format_credits_human
 from routing.models import EndpointStatus, VirtualEndpoint
@@ -116,7 +116,6 @@ def _page_context(ve: VirtualEndpoint, data, error: str = "") -> dict:
         "selection": selection,
         "quote": quote,
         "custom_range": (format_money(ve.checkout_min_amount, currency), format_money(ve.checkout_max_amount, currency)),
-        "custom_step": str(from_minor(1, currency)),
         "test_mode": payments.test_mode_enabled(),
         "payments_enabled": bool(stripe_gateway.get_client() is not None or payments.test_mode_enabled()),
         "error": error,

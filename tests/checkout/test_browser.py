@@ -63,6 +63,9 @@ def test_pick_50_see_preview_pay_in_test_mode_and_land_on_success(shop, chromium
     # when the payer picks $10 then $50
     page.locator("label.co-amount").filter(has_text=re.compile(r"^\s*\$10\s*$")).click()
     page.wait_for_function("document.querySelector('#preview').innerText.includes('1,000,000')")
+    # (a typed amount updates the preview as the payer types)
+    page.locator("#custom_amount").fill("25")
+    page.wait_for_function("document.querySelector('#preview').innerText.includes('2,500,000')")
     page.locator("label.co-amount").filter(has_text=re.compile(r"^\s*\$50\s*$")).click()
     # then the preview says what $50 buys (updated by HTMX without a reload)
     page.wait_for_function("document.querySelector('#preview').innerText.includes('5,000,000')")
