@@ -218,4 +218,5 @@ class TranslatingDecoder(StreamDecoder):
     def usage_chunks(self) -> list[dict]:
         if not self.include_usage or self.reported is None:
             return []
-        return [usage_chunk(id=self.id, model=self.model, created=self.created, usage=openai_usage(self.reported, self.reasoning_tokens))]
+        usage = openai_usage(self.reported, self.reasoning_tokens)
+        return [usage_chunk(id=self.id, model=self.model, created=self.created, usage=usage)]

@@ -379,8 +379,9 @@ async def test_embeddings_batch(upstream, tgt):
     assert usage.estimated and usage.input_tokens == 12 and out["usage"] == {"prompt_tokens": 12, "total_tokens": 12}
     sent = upstream.requests[0]
     assert sent.path == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    text = "The quick brown fox jumps over the lazy dog."
     assert sent.json["requests"][1] == {"model": "models/text-embedding-004", "outputDimensionality": 8,
-                                        "content": {"parts": [{"text": "The quick brown fox jumps over the lazy dog."}]}}
+                                        "content": {"parts": [{"text": text}]}}
     assert sent.headers["x-goog-api-key"] == KEY
 
 
