@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import F
 from django.utils.text import slugify
@@ -84,9 +85,7 @@ def _save(instance, *, fields: dict, allowed: frozenset[str]) -> None:
     update_fields matters: billing moves VE and key counters with F() expressions in
     other transactions, and a full save() here would write back stale counter values.
     """
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    _check_fields(fields, allowed)
     for name, value in fields.items():
         setattr(instance, name, value)
     instance.full_clean()
@@ -94,6 +93,12 @@ def _save(instance, *, fields: dict, allowed: frozenset[str]) -> None:
     if hasattr(instance, "updated_at"):
         update_fields.append("updated_at")
     instance.save(update_fields=update_fields)
+
+
+def _check_fields(fields: dict, allowed: frozenset[str]) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationError({name: "Unknown or read-only field." for name in sorted(unknown)})
 
 
 def _create(model, **fields):
@@ -144,13 +149,14 @@ def merchant_create(
 ) -> tuple[Organization, object, str]:
     """A new organization, its owner (username = email) and a management token secret."""
     User = get_user_model()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise ValidationError({"email": f"{email!r} is not an email address."}) from None
     if User.objects.filter(username__iexact=email).exists():
         raise ValidationError({"email": f"A user {email} already exists."})
     organization = organization_create(name=organization_name)
-    user = User.objects.create_user(username=email, email=email, password=password)
-    if password is None:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
+    user = User.objects.create_user(username=email, email=email, password=password)  # None: no password login
     Membership.objects.create(user=user, organization=organization, role=Role.OWNER)
     _, secret = management_token_create(organization=organization, name="created by create_merchant", created_by=user)
     return organization, user, secret
@@ -196,12 +202,6 @@ def provider_update(*, provider: Provider, api_key: str | None = None, **fields)
 def provider_delete(*, provider: Provider) -> None:
     provider.delete()
     config_changed()
-
-
-def _check_fields(fields: dict, allowed: frozenset[str]) -> None:
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
 
 
 # --- physical models ------------------------------------------------------------------

@@ -115,3 +115,14 @@ def test_demo_setup_recreates_the_key_when_its_file_is_lost(db, data_dir):
     assert new != old and new in lines[-1]
     assert list(AccessKey.objects.values_list("key_hash", flat=True)) == [hash_secret(new)]
     assert LedgerEntry.objects.count() == 1
+
+
+def test_create_merchant_refuses_a_malformed_email(db):
+    with pytest.raises(CommandError, match="not an email"):
+        _run("create_merchant", "A", "not-an-email")
+    assert not Organization.objects.exists()
+
+
+def test_create_merchant_without_password_has_no_password_login(db):
+    _run("create_merchant", "A", "nopw@acme.test")
+    assert not get_user_model().objects.get(username="nopw@acme.test").has_usable_password()
