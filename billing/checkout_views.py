@@ -211,7 +211,23 @@ def checkout_success(request: HttpRequest) -> HttpResponse:
     payment = _linked_payment(request)
     if payment is None:
         return _invalid_link(request)
+    _refresh_from_stripe(payment, request.GET.get("session_id", ""))
     return render(request, "checkout/success.html", _payment_context(payment))
+
+
+def _refresh_from_stripe(payment: Payment, session_id: str) -> None:
+    """The payer is back from Stripe: ask Stripe once rather than wait for the webhook."""
+    client = stripe_gateway.get_client()
+    if (
+        client is None
+        or payment.status != PaymentStatus.PENDING
+        or payment.processor != Payment.Processor.STRIPE
+        or not payment.stripe_session_id
+        or session_id != payment.stripe_session_id
+    ):
+        return
+    payments.payment_refresh(client, payment)
+    payment.refresh_from_db()
 
 
 @require_GET

@@ -294,20 +294,28 @@ def _catch_up_one(client, payment: Payment, counts: dict[str, int]) -> None:
         payment_mark(payment_id=payment.pk, status=PaymentStatus.FAILED)
         counts["failed"] += 1
         return
+    counts[payment_refresh(client, payment)] += 1
+
+
+def payment_refresh(client, payment: Payment) -> str:
+    """Ask Stripe for the payment's session and settle it the webhook's way.
+
+    Returns "credited", "expired", "failed", "pending" (nothing to do yet) or "errors".
+    Used by the catch-up task and by the success page a payer lands on from Stripe, so a
+    slow or missing webhook never leaves a paid payer waiting.
+    """
     try:
         session = stripe_gateway.retrieve_checkout_session(client, payment.stripe_session_id)
     except StripeUnavailable:
-        log.warning("catch-up: could not retrieve session of payment %s", payment.pk)
-        counts["errors"] += 1
-        return
+        log.warning("could not retrieve the Stripe session of payment %s", payment.pk)
+        return "errors"
     if session.payment_status == "paid":
         result = payment_credit(payment_id=payment.pk, session=session)
-        counts["credited" if result.created else "failed" if result.error else "pending"] += 1
-    elif session.status == "expired":
+        return "credited" if result.created else "failed" if result.error else "pending"
+    if session.status == "expired":
         payment_mark(payment_id=payment.pk, status=PaymentStatus.EXPIRED)
-        counts["expired"] += 1
-    else:
-        counts["pending"] += 1
+        return "expired"
+    return "pending"
 
 
 def _expire_test_payments(now, counts: dict[str, int]) -> None:

@@ -190,3 +190,27 @@ def test_cancel_page_links_back_to_checkout(test_mode, ve):
     started = payments.checkout_start(virtual_endpoint=ve, amount_minor=1000, currency="USD")
     html = Client().get(f"/checkout/cancel?ref={payments.payment_ref(started.payment.pk)}").content.decode()
     assert "Payment canceled" in html and f"ve_id={ve.public_id}" in html
+
+
+def test_payer_back_from_stripe_sees_the_credit_even_before_the_webhook(stripe_on, ve):
+    # given the payer paid on Stripe; the webhook has not arrived
+    client = Client()
+    response = client.post("/checkout/pay", _form(ve, amount="5000"))
+    payment = Payment.objects.get()
+    stripe_on.complete(payment.stripe_session_id)
+    success_url = stripe_on.sessions[payment.stripe_session_id]["success_url"].replace(
+        "{CHECKOUT_SESSION_ID}", payment.stripe_session_id).removeprefix("http://localhost:8000")
+    assert response.status_code == 302
+    # when Stripe sends them back to the success page
+    html = client.get(success_url).content.decode()
+    # then we asked Stripe, credited once, and show the new balance
+    assert "Payment confirmed" in html and "5,000,003" in html
+    assert LedgerEntry.objects.filter(virtual_endpoint=ve, kind="top_up").count() == 1
+    # and a forged session id in the URL makes no Stripe call
+    calls = len(stripe_on.requests)
+    other = Payment.objects.create(virtual_endpoint=ve, amount_minor=1000, currency="USD", credits=1,
+                                   stripe_session_id="cs_other")
+    from billing import payments
+
+    client.get(f"/checkout/success?ref={payments.payment_ref(other.pk)}&session_id=cs_forged")
+    assert len(stripe_on.requests) == calls
