@@ -220,7 +220,7 @@ def price_snapshot(rates: RouteRates) -> dict:
     return {
         "route_id": rates.route.id,
         "physical_model_id": pm.id,
-        "cost_per_mtok": {c: str(getattr(pm, _COST_FIELDS[c])) for c in TOKEN_COMPONENTS},
+        "cost_per_mtok": {c: _plain(getattr(pm, _COST_FIELDS[c])) for c in TOKEN_COMPONENTS},
         "cost_currency": pm.provider.currency,
         "sale_per_mtok": {c: _plain(rates.charge_per[c] * MTOK) for c in sorted(rates.sale_components)},
         "markup": str(rates.markup),

@@ -82,13 +82,13 @@ class World:
 
 
 def make_world(*, credits="1000", rate="100000", input_cost="1", output_cost="2", currency="USD", ve_kw=None,
-               key_kw=None, model_kw=None) -> World:
+               key_kw=None, model_kw=None, provider_kw=None) -> World:
     """Defaults: 1 USD = 100,000 credits; input 1 USD / 1M tokens (0.1 credit a token),
     output 2 USD / 1M (0.2 credit a token); markup 1."""
     org = factories.make_org()
     if rate is not None:
         rate_set(None, currency, rate)
-    provider = factories.make_provider(org, currency=currency)
+    provider = factories.make_provider(org, currency=currency, **(provider_kw or {}))
     pm = factories.make_physical_model(provider, "up-model", input_cost_per_mtok=Decimal(input_cost),
                                        output_cost_per_mtok=Decimal(output_cost))
     model = factories.make_logical_model(org, "chat", routes=[pm], **(model_kw or {}))
