@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import uuid
+from contextvars import ContextVar
 from urllib.parse import quote
 
 from gateway.adapters import shapes
@@ -48,6 +49,12 @@ TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 UNSUPPORTED_SCHEMA_KEYS = frozenset({"$schema", "$id", "$comment", "additionalProperties", "strict"})
 # Google answers a wrong key with 400 INVALID_ARGUMENT; that is the route's fault, not the client's.
 KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
+
+# Gemini reports no usage for embeddings and embeddings_response(target, payload) never sees
+# the request, so embeddings_request counts the input and leaves the count here. A ContextVar
+# is per asyncio task: the gateway builds the call and reads the answer in the same task, and
+# concurrent calls (other tasks) cannot see or overwrite each other's count.
+_input_tokens: ContextVar[int | None] = ContextVar("gemini_embedding_input_tokens", default=None)
 
 
 def api_root(base_url: str) -> str:
@@ -82,13 +89,15 @@ class GeminiAdapter(Adapter):
     def embeddings_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
         with shapes.client_request():
             method, payload = translate_embeddings_request(body)
+        _input_tokens.set(count_input(target, body))
         return HttpCall("POST", model_url(target.provider.base_url, body["model"], method), self.headers(target),
                         payload)
 
     def embeddings_response(self, target: PhysicalModelSnap, payload: dict,
                             body: dict | None = None) -> tuple[dict, Usage | None]:
+        count = count_input(target, body) if body is not None else _input_tokens.get()
         with shapes.upstream_answer("Gemini embeddings answer of an unexpected shape"):
-            return translate_embeddings_response(target, payload, body)
+            return translate_embeddings_response(target, payload, count)
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         return translate_error(status, body, headers)
@@ -399,10 +408,16 @@ def translate_embeddings_request(body: dict) -> tuple[str, dict]:
                                                for text in inputs]}
 
 
+def count_input(target: PhysicalModelSnap, body: dict) -> int:
+    from gateway import tokens
+
+    return tokens.count_content(body.get("input"), target.upstream_model)
+
+
 def translate_embeddings_response(target: PhysicalModelSnap, payload: dict,
-                                  body: dict | None) -> tuple[dict, Usage | None]:
-    """Gemini reports no usage for embeddings: with the request `body` we count its input
-    with tiktoken (marked estimated); without it usage is None and the gateway estimates."""
+                                  input_tokens: int | None) -> tuple[dict, Usage | None]:
+    """Gemini reports no usage for embeddings: the input is counted with tiktoken (marked
+    estimated); None when no count is known (the gateway then estimates)."""
     if not isinstance(payload, dict):
         raise shapes.malformed("Gemini embeddings answer is not an object")
     vectors = [payload["embedding"]] if isinstance(payload.get("embedding"), dict) else payload.get("embeddings")
@@ -410,13 +425,10 @@ def translate_embeddings_response(target: PhysicalModelSnap, payload: dict,
         raise shapes.malformed("Gemini embeddings answer without values")
     data = [{"object": "embedding", "index": i, "embedding": v["values"]} for i, v in enumerate(vectors)]
     out = {"object": "list", "data": data, "model": target.upstream_model}
-    if body is None:
+    if input_tokens is None:
         return out, None
-    from gateway import tokens
-
-    count = tokens.count_content(body.get("input"), target.upstream_model)
-    out["usage"] = {"prompt_tokens": count, "total_tokens": count}
-    return out, Usage(input_tokens=count, estimated=True)
+    out["usage"] = {"prompt_tokens": input_tokens, "total_tokens": input_tokens}
+    return out, Usage(input_tokens=input_tokens, estimated=True)
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -388,7 +388,9 @@ async def test_embeddings_batch(upstream, tgt):
 async def test_embeddings_single_string(upstream, tgt):
     body = {"model": "text-embedding-004", "input": "hello world"}
     out, usage = await drive.embeddings(adapter, tgt, body)
-    assert len(out["data"]) == 1 and usage is None  # no body given: the gateway estimates
+    # the count made when the request was built (same task) is the estimate
+    assert len(out["data"]) == 1 and usage.input_tokens == 2 and usage.estimated
+    assert out["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
     assert upstream.requests[0].path.endswith(":embedContent")
     assert upstream.requests[0].json == {"content": {"parts": [{"text": "hello world"}]}}
 
@@ -412,3 +414,29 @@ def test_stream_chunk_of_unexpected_shape_is_malformed_and_transient():
     with pytest.raises(UpstreamError) as err:
         decoder.feed(SSEEvent(data=json.dumps({"candidates": [{"content": {"parts": ["text"]}}]})))
     assert err.value.transient and err.value.status == 502
+
+
+def test_embeddings_without_a_known_count_leave_usage_to_the_gateway():
+    # given: an answer read in a task that never built the request
+    import contextvars
+
+    def read():
+        return adapter.embeddings_response(drive.target("gemini", "http://x", KEY),
+                                           {"embeddings": [{"values": [0.1, 0.2]}]})
+
+    # when
+    out, usage = contextvars.Context().run(read)
+    # then
+    assert usage is None and "usage" not in out and out["data"][0]["embedding"] == [0.1, 0.2]
+
+
+async def test_concurrent_embeddings_calls_keep_their_own_counts(upstream, tgt):
+    import asyncio
+
+    # given: two calls in flight at once with different inputs
+    small = {"model": "text-embedding-004", "input": ["hi"]}
+    large = {"model": "text-embedding-004", "input": ["The quick brown fox jumps over the lazy dog."] * 3}
+    # when
+    (_, u1), (_, u2) = await asyncio.gather(drive.embeddings(adapter, tgt, small), drive.embeddings(adapter, tgt, large))
+    # then
+    assert (u1.input_tokens, u2.input_tokens) == (1, 30)

@@ -164,6 +164,7 @@ def test_embeddings(live_gateway, gemini, biller):
     resp = client(live_gateway, world).embeddings.create(model="embed", input=inputs)
     # then
     assert [d.index for d in resp.data] == [0, 1] and len(resp.data[0].embedding) == 8
+    assert (resp.usage.prompt_tokens, resp.usage.total_tokens) == (12, 12)
     sent = gemini.requests[0]
     assert sent.path == "/v1beta/models/text-embedding-004:batchEmbedContents"
     assert [r["content"]["parts"][0]["text"] for r in sent.json["requests"]] == inputs
