@@ -62,6 +62,8 @@ class ProviderForm(forms.ModelForm):
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "api_version", "currency", "connect_timeout", "read_timeout", "enabled"]
         widgets = {"base_url": forms.URLInput(attrs={"placeholder": "https://api.openai.com/v1"})}
+        labels = {"base_url": "Base URL", "api_version": "API version", "connect_timeout": "Connect timeout (s)",
+                  "read_timeout": "Read timeout (s)"}
 
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
@@ -199,6 +201,8 @@ class VirtualEndpointForm(forms.ModelForm):
         super().__init__(*args, **kw)
         self.instance.organization = organization
         self.fields["allowed_models"].queryset = LogicalModel.objects.filter(organization=organization)
+        if self.initial.get("checkout_amounts") is None:
+            self.initial["checkout_amounts"] = self.instance.checkout_amounts
 
     def clean_low_balance_threshold(self):
         return self.cleaned_data.get("low_balance_threshold") or 0

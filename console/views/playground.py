@@ -1,33 +1,38 @@
 """Playground: chat with one to three logical models side by side, through the gateway.
 
-Design (no access-key secret is ever stored): each answer pane POSTs to `playground_stream`.
-That view mints a short-lived access key on the chosen VE (expires in 5 minutes, name
-"playground · <user>"), keeps its secret only in a local variable, calls the gateway over
-HTTP exactly like an API user would (so routing, billing, the ledger and the request log
-all see a normal call), relays the streamed deltas to the browser as NDJSON, and deletes
-the key when the stream ends. The merchant never handles a secret, and a crash leaves at
-worst a key that expires by itself minutes later.
+Design (no access-key secret is ever stored): each answer pane POSTs to `playground_stream`
+with its slot (0-2). The view rotates a playground key of that VE for this user and slot
+("Playground · <user> · <slot>"): a new random secret whose hash replaces the old one,
+valid for 5 minutes. The secret lives only in a local variable while the view calls the
+gateway over HTTP exactly like an API user would (so routing, billing, the ledger and the
+request log see a normal call, attributed to that key), and relays the streamed deltas to
+the browser as NDJSON. The merchant never handles a secret; between runs the key is
+expired. Rows are kept (not deleted) because ledger entries and request logs written
+after the stream, in batches, point at the key.
 
-The gateway reloads keys from its in-process snapshot, which follows config changes within
-GATEWAY_CONFIG_POLL_SECONDS; the first call retries a 401 for up to ~3 s to cover that.
-The gateway base URL is settings.CONSOLE_GATEWAY_URL when set, else this request's origin
-(the embedded default serves the gateway and the console from one ASGI server).
+The gateway reads keys from its in-process snapshot, which follows config changes within
+GATEWAY_CONFIG_POLL_SECONDS; a 401 is retried for up to ~3 s to cover that. The gateway
+base URL is settings.CONSOLE_GATEWAY_URL when set, else this request's origin (the
+embedded default serves the gateway and the console from one ASGI server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import timedelta
 
 import httpx
 from django.conf import settings
+from django.db import transaction
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponseBadRequest, StreamingHttpResponse
 from django.utils import timezone
 
 from console.access import console_view, org_get
 from console.views.common import render_page
-from routing.models import AccessKey, LogicalModel, Role, VirtualEndpoint
+from routing.models import AccessKey, LogicalModel, Role, VirtualEndpoint, hash_secret
 from routing.services import config_changed, key_create
 
 TEMPLATE = "console/playground.html"
@@ -55,15 +60,35 @@ def playground_stream(request):
     message = (request.POST.get("message") or "").strip()[:8000]
     if not message:
         return HttpResponseBadRequest("Type a message first.")
-    key, secret = key_create(virtual_endpoint=ve, name=f"playground · {request.user.get_username()}"[:120],
-                             expires_at=timezone.now() + KEY_TTL)
+    slot = request.POST.get("slot", "0")
+    key_pk, secret = rotate_playground_key(ve, request.user, int(slot) if slot in ("0", "1", "2") else 0)
     url = gateway_base(request) + f"/{ve.public_id}/v1/chat/completions"
     body = {"model": model.name, "stream": True, "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": message}]}
-    response = StreamingHttpResponse(_relay(url, secret, body, key.pk), content_type="application/x-ndjson")
+    # Under ASGI an async iterator streams chunk by chunk (a sync one would be buffered
+    # whole by Django); under WSGI (the dev/test server) the sync one streams.
+    relay = _arelay if isinstance(request, ASGIRequest) else _relay
+    response = StreamingHttpResponse(relay(url, secret, body), content_type="application/x-ndjson")
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def rotate_playground_key(ve: VirtualEndpoint, user, slot: int) -> tuple[int, str]:
+    """(key id, fresh secret) for this user's playground slot on this VE."""
+    name = f"Playground · {user.get_username()} · {slot + 1}"[:120]
+    expires = timezone.now() + KEY_TTL
+    with transaction.atomic():
+        # Row lock: two tabs rotating the same slot serialize; the later secret wins.
+        key = AccessKey.objects.select_for_update().filter(virtual_endpoint=ve, name=name).first()
+        if key is None:
+            key, secret = key_create(virtual_endpoint=ve, name=name, expires_at=expires)
+            return key.pk, secret
+        secret = AccessKey.new_secret()
+        AccessKey.objects.filter(pk=key.pk).update(key_hash=hash_secret(secret), prefix=secret[:10],
+                                                   expires_at=expires, enabled=True)
+        config_changed()
+    return key.pk, secret
 
 
 def gateway_base(request) -> str:
@@ -71,7 +96,7 @@ def gateway_base(request) -> str:
     return (configured or f"{request.scheme}://{request.get_host()}").rstrip("/")
 
 
-def _relay(url: str, secret: str, body: dict, key_pk: int):
+def _relay(url: str, secret: str, body: dict):
     """Yield NDJSON lines: {"delta"}, then {"usage", "request_id"} or {"error"}."""
     headers = {"Authorization": f"Bearer {secret}", "X-TokenBill-Run-Id": "console-playground"}
     try:
@@ -86,44 +111,79 @@ def _relay(url: str, secret: str, body: dict, key_pk: int):
                     return
     except httpx.HTTPError as exc:
         yield _ndjson({"error": f"Could not reach the gateway ({type(exc).__name__})."})
-    finally:
-        _drop_key(key_pk)
+
+
+async def _arelay(url: str, secret: str, body: dict):
+    headers = {"Authorization": f"Bearer {secret}", "X-TokenBill-Run-Id": "console-playground"}
+    try:
+        deadline = time.monotonic() + STARTUP_RETRY_SECONDS
+        async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=5.0)) as client:
+            while True:
+                async with client.stream("POST", url, json=body, headers=headers) as upstream:
+                    if upstream.status_code == 401 and time.monotonic() < deadline:
+                        await asyncio.sleep(0.25)  # the gateway's snapshot has not seen the new key yet
+                        continue
+                    if upstream.status_code >= 400:
+                        await upstream.aread()
+                        yield _error_line(upstream)
+                        return
+                    parser = _SSE(upstream.headers.get("x-request-id", ""))
+                    async for line in upstream.aiter_lines():
+                        for out in parser.feed(line):
+                            yield out
+                    yield parser.close()
+                    return
+    except httpx.HTTPError as exc:
+        yield _ndjson({"error": f"Could not reach the gateway ({type(exc).__name__})."})
 
 
 def _lines(upstream: httpx.Response):
-    request_id = upstream.headers.get("x-request-id", "")
     if upstream.status_code >= 400:
         upstream.read()
-        try:
-            message = upstream.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {upstream.status_code}"
-        yield _ndjson({"error": message, "status": upstream.status_code})
+        yield _error_line(upstream)
         return
-    usage = None
+    parser = _SSE(upstream.headers.get("x-request-id", ""))
     for line in upstream.iter_lines():
-        if not line.startswith("data:"):
-            continue
+        yield from parser.feed(line)
+    yield parser.close()
+
+
+def _error_line(upstream: httpx.Response) -> bytes:
+    try:
+        message = upstream.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {upstream.status_code}"
+    return _ndjson({"error": message, "status": upstream.status_code})
+
+
+class _SSE:
+    """OpenAI chat chunks (SSE lines) -> NDJSON deltas, remembering usage and the id."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.usage: dict = {}
+        self.finished = False
+
+    def feed(self, line: str) -> list[bytes]:
+        if self.finished or not line.startswith("data:"):
+            return []
         data = line[5:].strip()
         if data == "[DONE]":
-            break
+            self.finished = True
+            return []
         try:
             chunk = json.loads(data)
         except ValueError:
-            continue
-        usage = chunk.get("usage") or usage
-        request_id = request_id or chunk.get("id", "")
-        for choice in chunk.get("choices") or []:
-            delta = (choice.get("delta") or {}).get("content")
-            if delta:
-                yield _ndjson({"delta": delta})
-    yield _ndjson({"done": True, "usage": usage or {}, "request_id": request_id})
+            return []
+        self.usage = chunk.get("usage") or self.usage
+        self.request_id = self.request_id or chunk.get("id", "")
+        deltas = [(choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or []]
+        return [_ndjson({"delta": d}) for d in deltas if d]
+
+    def close(self) -> bytes:
+        return _ndjson({"done": True, "usage": self.usage, "request_id": self.request_id})
 
 
 def _ndjson(obj: dict) -> bytes:
     return (json.dumps(obj) + "\n").encode()
 
-
-def _drop_key(key_pk: int) -> None:
-    AccessKey.objects.filter(pk=key_pk).delete()
-    config_changed()
