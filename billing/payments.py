@@ -176,7 +176,9 @@ def payment_credit(*, payment_id: int, session: SessionInfo | None = None) -> Cr
     marks the payment failed: someone paid something other than what we quoted.
     """
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().select_related("virtual_endpoint").get(pk=payment_id)
+        # Lock the Payment only (of=self): the VE row is updated by post_entry, and locking it
+        # here too, before the ledger insert, would widen the window gateway settles wait on.
+        payment = Payment.objects.select_for_update(of=("self",)).select_related("virtual_endpoint").get(pk=payment_id)
         if payment.status == PaymentStatus.PAID:
             return Credited(payment, created=False)
         if payment.status == PaymentStatus.FAILED:

@@ -32,6 +32,7 @@ class SessionInfo:
     payment_intent: str = ""
     customer_email: str = ""
     client_reference_id: str = ""
+    metadata: dict | None = None
 
 
 def get_client() -> stripe.StripeClient | None:
@@ -113,6 +114,7 @@ def session_info(session) -> SessionInfo:
         payment_intent=intent,
         customer_email=(details.get("email") if details else None) or get("customer_email") or "",
         client_reference_id=get("client_reference_id") or "",
+        metadata=dict(get("metadata") or {}),
     )
 
 

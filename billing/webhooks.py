@@ -90,12 +90,16 @@ def _payment_for(session: stripe_gateway.SessionInfo) -> Payment | None:
         found = Payment.objects.filter(stripe_session_id=session.id).first()
         if found is not None:
             return found
-    # The webhook can beat the line that stores the session id: fall back on our own id.
-    if session.client_reference_id.isdigit():
-        found = Payment.objects.filter(pk=int(session.client_reference_id)).first()
-        if found is not None and found.stripe_session_id in (None, session.id):
-            return found
-    return None
+    # The webhook can beat the line that stores the session id: fall back on our own id,
+    # but only for a session that names the same payment and VE in its metadata (another
+    # integration on the same Stripe account may use client_reference_id too).
+    ref, meta = session.client_reference_id, session.metadata or {}
+    if not ref.isdigit() or meta.get("payment_id") != ref:
+        return None
+    found = Payment.objects.select_related("virtual_endpoint").filter(pk=int(ref)).first()
+    if found is None or found.stripe_session_id not in (None, session.id):
+        return None
+    return found if found.virtual_endpoint.public_id == meta.get("ve_id") else None
 
 
 def _credit(payment: Payment, session: stripe_gateway.SessionInfo) -> tuple[str, str]:

@@ -284,3 +284,17 @@ def test_receipt_email_is_sent_to_the_payer_after_a_top_up(stripe_on, ve, django
     assert "$50.00" in receipts[0].subject
     assert "5,000,000" in receipts[0].body
     assert "Acme Chat" in receipts[0].body
+
+
+def test_a_foreign_session_naming_our_payment_id_is_ignored(stripe_on, ve):
+    # given another integration on the same Stripe account uses client_reference_id too
+    payment = start_stripe_payment(ve, 5000)
+    Payment.objects.filter(pk=payment.pk).update(stripe_session_id=None)  # still in the race window
+    foreign = {"id": "cs_foreign", "object": "checkout.session", "status": "complete", "payment_status": "paid",
+               "amount_total": 5000, "currency": "usd", "client_reference_id": str(payment.pk), "metadata": {}}
+    # when
+    response = deliver(make_event(COMPLETED, foreign, event_id="evt_foreign"))
+    # then
+    assert response.status_code == 200
+    assert top_ups(ve) == []
+    assert StripeEvent.objects.get(event_id="evt_foreign").handling == StripeEvent.Handling.IGNORED
