@@ -3,6 +3,7 @@ real biller on the SQL budget or, when REDIS_URL is set, the Redis budget."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -78,7 +79,7 @@ class World:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         return CallContext(request_id=request_id or uuid.uuid4().hex, endpoint="chat.completions", ve=ve, key=key,
-                           model=model, body=body, started_at=1_700_000_000.0, requested_model=model.name)
+                           model=model, body=body, started_at=time.time(), requested_model=model.name)
 
 
 def make_world(*, credits="1000", rate="100000", input_cost="1", output_cost="2", currency="USD", ve_kw=None,
