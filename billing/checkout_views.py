@@ -137,6 +137,8 @@ def checkout_preview(request: HttpRequest) -> HttpResponse:
     ve = _linked_ve(request.GET)
     if ve is None:
         return _invalid_link(request)
+    if not request.htmx:  # opened or reloaded directly: the whole page, same choice
+        return render(request, "checkout/page.html", _page_context(ve, request.GET))
     # A new currency changes the button labels too; a new amount only the preview line.
     part = "choices" if request.GET.get("part") == "choices" else "preview"
     return render(request, f"checkout/page.html#{part}", _page_context(ve, request.GET))

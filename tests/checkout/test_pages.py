@@ -87,8 +87,12 @@ def test_preview_partial_follows_the_chosen_amount_and_currency(test_mode, org, 
     custom = client.get("/checkout/preview?" + urlencode({**qs, "currency": "USD", "amount": "custom",
                                                           "custom_amount": "12.50"})).content.decode()
     assert "$12.50" in custom and "+ 1,250,000 Credits" in custom
-    too_small = client.get("/checkout/preview?" + urlencode({**qs, "amount": "custom", "custom_amount": "1"}))
+    too_small = client.get("/checkout/preview?" + urlencode({**qs, "amount": "custom", "custom_amount": "1"}),
+                           headers={"HX-Request": "true"})
     assert "Choose between $5.00 and $1,000.00" in too_small.content.decode()
+    # and the same URL opened without HTMX (a reload) is the whole page with that choice
+    reloaded = client.get("/checkout/preview?" + urlencode({**qs, "currency": "JPY", "amount": "1000"})).content.decode()
+    assert "<html" in reloaded and "Pay securely" in reloaded and "+ 700,000 Credits" in reloaded
 
 
 def test_currency_without_a_rate_is_not_offered(test_mode, org, rates):
