@@ -38,10 +38,23 @@ def test_production_accepts_real_secrets_and_debug_accepts_anything(settings):
     settings.SECRET_KEY = GOOD_SECRET
     settings.FIELD_ENCRYPTION_KEY = "x" * 44
     settings.STRIPE_SECRET_KEY = ""
+    settings.CHECKOUT_TEST_MODE = False
     assert_production_ready()
     settings.DEBUG = True
     settings.SECRET_KEY = settings.INSECURE_SECRET_KEY
     assert_production_ready()
+
+
+def test_production_refuses_free_test_mode_checkout(settings):
+    # given: real secrets, but no Stripe key and test-mode checkout still on
+    settings.DEBUG = False
+    settings.SECRET_KEY = GOOD_SECRET
+    settings.FIELD_ENCRYPTION_KEY = "x" * 44
+    settings.STRIPE_SECRET_KEY = ""
+    settings.CHECKOUT_TEST_MODE = True
+    # then
+    with pytest.raises(ImproperlyConfigured, match="test mode"):
+        assert_production_ready()
 
 
 def _settings_in_subprocess(env: dict, expression: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,11 @@ def assert_production_ready() -> None:
         problems.append("FIELD_ENCRYPTION_KEY is unset (generate one with `python manage.py generate_encryption_key`)")
     if settings.STRIPE_SECRET_KEY and not settings.STRIPE_WEBHOOK_SECRET:
         problems.append("STRIPE_SECRET_KEY is set without STRIPE_WEBHOOK_SECRET: webhooks could not be verified")
+    if getattr(settings, "CHECKOUT_TEST_MODE", False) and not settings.STRIPE_SECRET_KEY:
+        problems.append(
+            "checkout test mode is on (end users could add credits without paying): "
+            "set STRIPE_SECRET_KEY, or CHECKOUT_TEST_MODE=0"
+        )
     if problems:
         raise ImproperlyConfigured(
             "TokenBill refuses to start with DEBUG off: " + "; ".join(problems) + ". Set DEBUG=1 for local development."
