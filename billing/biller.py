@@ -65,6 +65,9 @@ class RealBiller:
         full = max(_micros(r.charge_exact(Units(input=prompt, output=output))) for r in rates.values())
         minimum = min(_micros(r.charge_exact(Units(input=prompt, output=min(output, MIN_USEFUL_OUTPUT))))
                       for r in rates.values())
+        if full == 0:  # a model priced at zero on purpose: nothing to hold
+            return Admission(0, output or None, None if len(rates) == len(ctx.model.routes) else frozenset(rates),
+                             AdmitState(rates, prompt))
         reserved = await self.budget.reserve(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id,
                                              full=full, minimum=max(minimum, 1), **self._limit(ctx))
         if reserved <= 0:

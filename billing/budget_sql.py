@@ -14,6 +14,7 @@ ledger can never disagree in this mode, even if the process dies right after.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
@@ -23,9 +24,11 @@ from django.utils import timezone
 
 from billing.budget import ChargeEntry, Counters, Drift, Settled, hold_seconds
 from billing.ledger import ledger_sums, post_entry
-from billing.models import LedgerKind
+from billing.models import LedgerEntry, LedgerKind
 from billing.models_usage import DriftReport, Reservation
 from routing.models import AccessKey, VirtualEndpoint
+
+log = logging.getLogger("tokenbill.billing")
 
 
 def _ve_can_pay(amount: int, releasing: int = 0) -> Q:
@@ -187,4 +190,20 @@ class SqlBudget:
                 DriftReport.objects.bulk_create(
                     [DriftReport(virtual_endpoint_id=ve_id, store="sql", counter=d.counter, found=d.found,
                                  expected=d.expected) for d in drifts])
+            self._reconcile_keys(ve_id)
         return drifts
+
+    def _reconcile_keys(self, ve_id: int) -> None:
+        """Key counters too (under the same VE lock: key rows move only after the VE row)."""
+        spend = dict(LedgerEntry.objects.filter(virtual_endpoint_id=ve_id, kind=LedgerKind.CHARGE,
+                                                access_key__isnull=False)
+                     .values_list("access_key_id").annotate(s=Sum("amount")).values_list("access_key_id", "s"))
+        held = dict(Reservation.objects.filter(virtual_endpoint_id=ve_id, access_key__isnull=False)
+                    .values_list("access_key_id").annotate(s=Sum("amount")).values_list("access_key_id", "s"))
+        for key_id, kspend, kheld in AccessKey.objects.filter(virtual_endpoint_id=ve_id).values_list(
+                "id", "credit_spend", "credit_reserved"):
+            if (kspend, kheld) != (spend.get(key_id, 0), held.get(key_id, 0)):
+                log.warning("key %s counters repaired: spend %s -> %s, reserved %s -> %s", key_id, kspend,
+                            spend.get(key_id, 0), kheld, held.get(key_id, 0))
+                AccessKey.objects.filter(pk=key_id).update(credit_spend=spend.get(key_id, 0),
+                                                           credit_reserved=held.get(key_id, 0))

@@ -96,3 +96,18 @@ def make_world(*, credits="1000", rate="100000", input_cost="1", output_cost="2"
     ve = factories.make_ve(org, models=[model], credits=credits, **(ve_kw or {}))
     key, secret = factories.make_key(ve, **(key_kw or {}))
     return World(org, ve, key, secret, model, pm)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _drop_billing_redis_keys():
+    """The process-wide budget (grant listener) writes under this run's REDIS_PREFIX: clean it."""
+    yield
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for pattern in ("b:*", "rl:*"):
+            names = list(client.scan_iter(match=settings.REDIS_PREFIX + pattern, count=1000))
+            if names:
+                client.delete(*names)
+        client.close()

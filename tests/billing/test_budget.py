@@ -234,3 +234,46 @@ async def test_counters_rebuilt_from_the_ledger_after_redis_loses_them(biller, b
     assert (after.budget, after.spend, after.reserved) == (ledger_budget, ledger_spend, 0) == (
         1_000_000_000, 12_000_000, 0)
     assert charges == 4
+
+
+async def test_clamped_call_never_falls_back_to_a_route_it_cannot_pay(biller, budget):
+    # given an expensive first tier (20 USD/M output) and a cheap second tier (2 USD/M)
+    def world_with_two_tiers():
+        world = make_world(credits="12", output_cost="20")
+        cheap = factories.make_physical_model(world.physical.provider, "cheap-model", input_cost_per_mtok=1,
+                                              output_cost_per_mtok=2)
+        from routing.models import Route
+
+        Route.objects.create(logical_model=world.model, physical_model=cheap, priority=1)
+        return world, cheap
+
+    world, cheap = await sync_to_async(world_with_two_tiers)()
+    ctx = await sync_to_async(world.ctx)(max_tokens=2000)
+    # when 12 credits cannot pay 16 output tokens at the expensive route (prompt + 32 credits)
+    admission = await biller.admit(ctx)
+    # then only the cheap route may serve, with output clamped to what the hold pays there
+    cheap_route = next(r for r in ctx.model.routes if r.physical_model.id == cheap.pk)
+    assert admission.allowed_route_ids == frozenset({cheap_route.id})
+    assert 16 <= admission.max_tokens < 600
+    await biller.settle(ctx, admission, Outcome(route=None))
+
+
+async def test_a_model_priced_at_zero_on_purpose_is_free_and_admitted(biller, budget):
+    world = await sync_to_async(make_world)(credits="0", model_kw={"input_price_per_mtok": 0,
+                                                                   "output_price_per_mtok": 0})
+    ctx = await sync_to_async(world.ctx)()
+    admission = await biller.admit(ctx)
+    settlement = await biller.settle(ctx, admission, served(ctx, 10, 10))
+    assert (admission.reserved, settlement.charge) == (0, 0)
+    assert not await LedgerEntry.objects.filter(kind="charge").aexists()
+
+
+async def test_sql_reconcile_repairs_key_counters(biller, budget):
+    if budget.name != "sql":
+        pytest.skip("key counters of the Redis budget are rebuilt by its own script (test_reconcile_repairs...)")
+    world = await sync_to_async(make_world)()
+    ctx = await sync_to_async(world.ctx)()
+    await biller.settle(ctx, await biller.admit(ctx), served(ctx, 10, 10))
+    await AccessKey.objects.filter(pk=world.key.pk).aupdate(credit_spend=1, credit_reserved=5)
+    await sync_to_async(budget.reconcile)(world.ve.pk)
+    assert await budget.key_counters(world.key.pk) == (3_000_000, 0)
