@@ -12,6 +12,7 @@ under /v1 (the key names its VE), /<ve_id>/v1, or any path on host <ve_id>.ve.<d
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,19 @@ from routing.cache import routing_cache
 log = logging.getLogger(__name__)
 
 CHAT, EMBEDDINGS, MODELS = "/v1/chat/completions", "/v1/embeddings", "/v1/models"
+# Request ids: a random per-process prefix and a counter. Unique without a syscall per call
+# (os.urandom is a getrandom() syscall, measurably slow in sandboxed kernels).
+_ID_PREFIX = "req_" + os.urandom(6).hex()
+_ids = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = "req_" + os.urandom(6).hex()  # a forked worker must not repeat its parent's ids
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
 _ROUTES = {("POST", CHAT): "chat", ("POST", EMBEDDINGS): "embeddings", ("GET", MODELS): "models"}
 
 
@@ -53,7 +67,7 @@ class Request:
                 self.content_length = int(value) if value.isdigit() else -1
             elif name == b"x-tokenbill-run-id":
                 self.run_id = value.decode("latin-1")[:200]
-        self.request_id = "req_" + os.urandom(12).hex()
+        self.request_id = f"{_ID_PREFIX}{next(_ids):012x}"
 
 
 def _host(scope) -> str:

@@ -90,9 +90,12 @@ def make_app(delay_ms: float = 0.0) -> web.Application:
         if body.get("stream") is True:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
-            for frame in stream_events(body):
-                await resp.write(frame)
-            await resp.write_eof()
+            try:
+                for frame in stream_events(body):
+                    await resp.write(frame)
+                await resp.write_eof()
+            except ConnectionResetError:  # the client went away (a load generator stopping)
+                pass
             return resp
         return web.Response(body=json.dumps(completion(body)).encode(), content_type=JSON)
 
