@@ -20,7 +20,7 @@ import time
 
 from django.conf import settings
 
-from billing.gate import CallContext
+from billing.gate import CallContext, Outcome, get_biller
 from gateway import auth, errors, proxy, upstream
 from gateway.responses import send_assistant_message, send_error, send_json
 from routing.cache import routing_cache
@@ -134,12 +134,16 @@ class GatewayApp:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise errors.bad_request("you must provide a model parameter", param="model")
-        model = auth.resolve_model(snapshot, ve, key, name)
         stream = _validate_chat(body) if route == "chat" else _validate_embeddings(body)
-        run_id = req.run_id or _metadata_run_id(body)
         ctx = CallContext(request_id=req.request_id, endpoint="chat.completions" if route == "chat" else "embeddings",
-                          ve=ve, key=key, model=model, body=body, stream=stream, run_id=run_id,
-                          started_at=time.time(), requested_model=name)
+                          ve=ve, key=key, model=None, body=body, stream=stream,
+                          run_id=req.run_id or _metadata_run_id(body), started_at=time.time(), requested_model=name)
+        try:
+            ctx.model = auth.resolve_model(snapshot, ve, key, name)
+        except errors.GatewayError as exc:
+            # Refused before admission: still one request-log row (billing.gate.Biller.record).
+            await _record_refusal(ctx, exc)
+            raise
         if route == "chat" and _is_magic(body):
             await _answer_magic(ctx, send)
             return
@@ -148,6 +152,14 @@ class GatewayApp:
             await proxy.stream(ctx, receive, send, deadline=deadline)
         else:
             await proxy.unary(ctx, send, deadline=deadline)
+
+
+async def _record_refusal(ctx: CallContext, exc: errors.GatewayError) -> None:
+    try:
+        await get_biller().record(ctx, Outcome(route=None, status="client_error", http_status=exc.status,
+                                               error_code=exc.code or exc.type))
+    except Exception:
+        log.exception("gateway: could not record a refused call")
 
 
 async def _billing_shutdown() -> None:

@@ -233,3 +233,26 @@ def test_tokenbill_magic_answers_without_upstream(live_gateway, world_openai, op
         text = client.chat.completions.create(model="chat", messages=messages).choices[0].message.content
     assert world_openai.ve.name in text
     assert openai_up.requests == []
+
+
+def test_refused_model_is_recorded_for_the_request_log(live_gateway, world_openai, biller):
+    with pytest.raises(openai.NotFoundError):
+        world_openai.client(f"{live_gateway.url}/v1").chat.completions.create(model="nope", messages=MSG)
+    (ctx, outcome), = biller.recorded
+    assert ctx.requested_model == "nope" and ctx.model is None
+    assert outcome.http_status == 404 and outcome.error_code == "model_not_found"
+    assert biller.admitted == []
+
+
+def test_key_last_used_is_written_in_batches_off_the_hot_path(live_gateway, world_openai, monkeypatch):
+    from routing import cache
+    from routing.models import AccessKey
+
+    monkeypatch.setattr(cache, "LAST_USED_FLUSH_SECONDS", 0.2)
+    client = world_openai.client(f"{live_gateway.url}/v1")
+    for _ in range(3):
+        client.chat.completions.create(model="chat", messages=MSG)
+    deadline = time.monotonic() + 3
+    while AccessKey.objects.get(pk=world_openai.key.pk).last_used_at is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert AccessKey.objects.get(pk=world_openai.key.pk).last_used_at is not None
