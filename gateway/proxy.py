@@ -192,11 +192,15 @@ def _stream_attempt(ctx: CallContext, admission: Admission, include_usage: bool)
             if resp.status >= 300:
                 raise adapter.error_from(resp.status, await resp.read(), resp.headers)
             decoder = adapter.stream_decoder(pm, include_usage)
-            events = upstream.sse_events(resp)
-            async for event in events:
-                first = decoder.feed(event)
+            batches = upstream.sse_batches(resp)
+            first: list[dict] = []
+            async for batch in batches:
+                for event in batch:
+                    first += decoder.feed(event)
+                    if decoder.done:
+                        break
                 if first or decoder.done:
-                    return _Opened(resp, decoder, events, first)
+                    return _Opened(resp, decoder, batches, first)
             first = decoder.close()
             if not first:
                 raise UpstreamError(502, "The upstream model sent an empty stream.", transient=True,
@@ -243,12 +247,17 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
     try:
         await start_sse(send, ctx.request_id)
         await send({"type": "http.response.body", "body": _frames(opened.first, model), "more_body": True})
-        if opened.events is not None:
-            async for event in opened.events:
-                chunks = opened.decoder.feed(event)
+        decoder = opened.decoder
+        if opened.events is not None and not decoder.done:
+            async for batch in opened.events:
+                chunks: list[dict] = []
+                for event in batch:
+                    chunks += decoder.feed(event)
+                    if decoder.done:
+                        break
                 if chunks:
                     await send({"type": "http.response.body", "body": _frames(chunks, model), "more_body": True})
-                if opened.decoder.done:
+                if decoder.done:
                     break
         tail = opened.decoder.close()
         await send({"type": "http.response.body", "body": _frames(tail, model) + DONE})

@@ -98,3 +98,35 @@ async def sse_events(resp: aiohttp.ClientResponse):
         # comments (":...") and other fields are ignored
     if data_lines:
         yield SSEEvent(data="\n".join(data_lines), event=event)
+
+
+def _event(block: bytes) -> SSEEvent | None:
+    data_lines: list[str] = []
+    event = ""
+    for raw in block.split(b"\n"):
+        if raw.startswith(b"data:"):
+            data_lines.append(raw[6:].decode() if raw.startswith(b"data: ") else raw[5:].decode())
+        elif raw.startswith(b"event:"):
+            event = raw[6:].strip().decode()
+    return SSEEvent(data="\n".join(data_lines), event=event) if data_lines else None
+
+
+async def sse_batches(resp: aiohttp.ClientResponse):
+    """Yield, per network read, the list of complete SSE events it brought. Events that
+    arrived together are relayed together (one send to the client, not one per line):
+    nothing waits for more data than what already arrived."""
+    buf = b""
+    async for data in resp.content.iter_any():
+        buf += data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        if b"\n\n" not in buf:
+            continue
+        *blocks, buf = buf.split(b"\n\n")
+        events = [e for e in map(_event, blocks) if e is not None]
+        if events:
+            yield events
+    if buf.strip():
+        event = _event(buf)
+        if event is not None:
+            yield [event]

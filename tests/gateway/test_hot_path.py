@@ -131,6 +131,7 @@ def test_canary_secrets_never_reach_answers_or_logs(live_gateway, caplog, biller
             (up.fail(401, message=f"Incorrect API key provided: {canary}"), False),
             (up.fail(500, message=f"boom {canary}"), True),
             (up.stream(drop_after=2), True),
+            (up.stream(drop_after=2, delay=0.05), True),
             (up.stall(5), False),
         ]
         settings.GATEWAY_TOTAL_TIMEOUT = 1.0

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from gateway import fake_upstream
 from tests.fakes import openai_server as up
 from tests.gateway.conftest import make_world
 
@@ -48,7 +49,8 @@ def test_stream_failure_before_first_chunk_falls_back(live_gateway, openai_up):
         assert len(second.requests) == 1
 
 
-@pytest.mark.parametrize("behaviour", [up.stream(drop_after=3), up.stream(malformed_at=3)], ids=["drop", "malformed"])
+@pytest.mark.parametrize("behaviour", [up.stream(drop_after=3, delay=0.05), up.stream(malformed_at=3, delay=0.05)],
+                         ids=["drop", "malformed"])
 def test_failure_after_first_byte_ends_with_error_event_never_spliced(live_gateway, openai_up, biller, behaviour):
     with up.OpenAIFake(api_key="sk-second") as second:
         world = make_world([(openai_up, "openai", "a", 0, 1), (second, "openai", "b", 0, 1)])
@@ -67,7 +69,7 @@ def test_failure_after_first_byte_ends_with_error_event_never_spliced(live_gatew
 
 
 def test_raw_error_event_shape(live_gateway, world_openai, openai_up):
-    openai_up.script(up.stream(drop_after=2))
+    openai_up.script(up.stream(drop_after=2, delay=0.05))
     with httpx.stream("POST", f"{live_gateway.url}/v1/chat/completions",
                       headers={"authorization": f"Bearer {world_openai.secret}"},
                       json={"model": "chat", "messages": MSG, "stream": True}) as r:
@@ -136,3 +138,18 @@ def test_missing_usage_is_estimated(live_gateway, world_openai, openai_up, bille
     world_openai.client(f"{live_gateway.url}/v1").chat.completions.create(model="chat", messages=MSG)
     (_, outcome), = biller.wait_settled()
     assert outcome.usage.estimated and outcome.usage.output_tokens >= 4 and outcome.usage.input_tokens > 0
+
+
+def test_malformed_chunk_arriving_with_the_first_ones_still_falls_back(live_gateway, openai_up):
+    # given: the broken chunk comes in the same network read as the first good ones
+    with up.OpenAIFake(api_key="sk-second") as second:
+        world = make_world([(openai_up, "openai", "a", 0, 1), (second, "openai", "b", 1, 1)])
+        frames = fake_upstream.stream_events({"model": "a"}, "Hello")
+        frames[3] = b'data: {"choices": [ broken\n\n'
+        openai_up.script(up.raw_reply(b"".join(frames), content_type="text/event-stream"))
+        # when
+        chunks = list(world.client(f"{live_gateway.url}/v1").chat.completions.create(
+            model="chat", messages=MSG, stream=True))
+        # then: nothing had been sent, so the next route answered instead
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Echo: stream me please"
+        assert len(second.requests) == 1
