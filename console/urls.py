@@ -57,4 +57,5 @@ urlpatterns = [
     # playground
     path("playground/", playground.playground, name="playground"),
     path("playground/stream/", playground.playground_stream, name="playground_stream"),
+    path("playground/result/", playground.playground_result, name="playground_result"),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from datetime import datetime, time, timedelta
 
-from django.db.models import Case, F, Q, Sum, When
+from django.db.models import BigIntegerField, Case, F, Q, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -22,7 +22,7 @@ LEDGER = "console/ledger.html"
 PAGE_SIZE = 50
 
 # Signed effect of an entry on the balance: charges take, everything else gives.
-SIGNED = Case(When(kind=LedgerKind.CHARGE, then=-F("amount")), default=F("amount"))
+SIGNED = Case(When(kind=LedgerKind.CHARGE, then=-F("amount")), default=F("amount"), output_field=BigIntegerField())
 
 
 def filtered_requests(request):
@@ -113,8 +113,8 @@ def _with_running_balance(ve: VirtualEndpoint, entries: list) -> list[tuple]:
     first = entries[0]
     later = LedgerEntry.objects.filter(virtual_endpoint=ve).filter(
         Q(created_at__gt=first.created_at) | Q(created_at=first.created_at, id__gt=first.id))
-    totals = LedgerEntry.objects.filter(virtual_endpoint=ve).aggregate(all=Coalesce(Sum(SIGNED), 0))
-    balance = totals["all"] - (later.aggregate(s=Coalesce(Sum(SIGNED), 0))["s"])
+    totals = LedgerEntry.objects.filter(virtual_endpoint=ve).aggregate(all=Coalesce(Sum(SIGNED), Value(0), output_field=BigIntegerField()))
+    balance = totals["all"] - (later.aggregate(s=Coalesce(Sum(SIGNED), Value(0), output_field=BigIntegerField()))["s"])
     rows = []
     for entry in entries:
         rows.append((entry, balance))

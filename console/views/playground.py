@@ -27,9 +27,11 @@ import httpx
 from django.conf import settings
 from django.db import transaction
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponseBadRequest, StreamingHttpResponse
+from django.http import HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 
+from billing.models import RequestLog
+from billing.money import format_credits_human
 from console.access import console_view, org_get
 from console.views.common import render_page
 from routing.models import AccessKey, LogicalModel, Role, VirtualEndpoint, hash_secret
@@ -37,6 +39,7 @@ from routing.services import config_changed, key_create
 
 TEMPLATE = "console/playground.html"
 KEY_TTL = timedelta(minutes=5)
+REQUEST_ID_HEADER = "x-tokenbill-request-id"
 STARTUP_RETRY_SECONDS = 3.0
 
 
@@ -127,7 +130,7 @@ async def _arelay(url: str, secret: str, body: dict):
                         await upstream.aread()
                         yield _error_line(upstream)
                         return
-                    parser = _SSE(upstream.headers.get("x-request-id", ""))
+                    parser = _SSE(upstream.headers.get(REQUEST_ID_HEADER, ""))
                     async for line in upstream.aiter_lines():
                         for out in parser.feed(line):
                             yield out
@@ -142,7 +145,7 @@ def _lines(upstream: httpx.Response):
         upstream.read()
         yield _error_line(upstream)
         return
-    parser = _SSE(upstream.headers.get("x-request-id", ""))
+    parser = _SSE(upstream.headers.get(REQUEST_ID_HEADER, ""))
     for line in upstream.iter_lines():
         yield from parser.feed(line)
     yield parser.close()
@@ -176,7 +179,6 @@ class _SSE:
         except ValueError:
             return []
         self.usage = chunk.get("usage") or self.usage
-        self.request_id = self.request_id or chunk.get("id", "")
         deltas = [(choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or []]
         return [_ndjson({"delta": d}) for d in deltas if d]
 
@@ -187,3 +189,15 @@ class _SSE:
 def _ndjson(obj: dict) -> bytes:
     return (json.dumps(obj) + "\n").encode()
 
+
+
+@console_view(read=Role.DEVELOPER)
+def playground_result(request):
+    """The charge of a finished playground call, once its request log row is written
+    (off the gateway's hot path, in batches): 404 until then, the page polls."""
+    row = (RequestLog.objects.filter(organization=request.org, request_id=request.GET.get("request_id", ""))
+           .values("charge", "input_tokens", "output_tokens", "status").first())
+    if row is None:
+        return JsonResponse({"pending": True}, status=404)
+    return JsonResponse({"charge": format_credits_human(row["charge"]), "input_tokens": row["input_tokens"],
+                         "output_tokens": row["output_tokens"], "status": row["status"]})

@@ -54,3 +54,9 @@ def world(org, other_org):
         return {"provider": provider, "pm1": pm1, "pm2": pm2, "lm": lm, "ve": ve, "key": key, "route": lm.routes.first()}
 
     return {"mine": build(org), "theirs": build(other_org)}
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # Four members per test: PBKDF2 would dominate the run time of the role matrix.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

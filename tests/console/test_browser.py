@@ -192,6 +192,7 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     finally:
         shot(page, "08-playground")
     assert "ping from the browser" in answer.locator(".out").inner_text()
+    answer.locator("[data-charge]").wait_for(timeout=15000)  # with its charge, once billed
     shot(page, "08-playground")
 
     # and the call appears in the request log, with its route trail in the drawer
