@@ -212,6 +212,8 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     # and the dashboard counts it
     nav(page, "Dashboard")
     assert page.locator(".chart svg rect").count() >= 1
+    assert page.locator("#live-feed li").first.inner_text().count("chat") == 1
+    page.wait_for_selector("#live-dot.on")  # the live feed's websocket is connected
     shot(page, "12-dashboard")
 
     # and the other pages render cleanly at both widths

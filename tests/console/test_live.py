@@ -1,0 +1,87 @@
+"""The live feed: a websocket per console tab, one channel-layer group per organization."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from console.access import SESSION_ORG_KEY
+from console.live import apublish_request, publish_request, request_payload, requests_group
+from console.routing import websocket_urlpatterns
+from tests import factories
+
+
+class _Session(dict):
+    pass
+
+
+def _communicator(user, org_id=None):
+    session = _Session()
+    if org_id is not None:
+        session[SESSION_ORG_KEY] = org_id
+    app = URLRouter(websocket_urlpatterns)
+    communicator = WebsocketCommunicator(app, "/ws/console/live/")
+    communicator.scope["user"] = user
+    communicator.scope["session"] = session
+    return communicator
+
+
+def test_group_name_is_per_organization():
+    assert requests_group(7) == "org-7-requests"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_member_receives_own_org_events_only():
+    # given two organizations and a member of the first, connected
+    org, other = await sync_to_async(factories.make_org)(), await sync_to_async(factories.make_org)()
+    member = await sync_to_async(factories.make_member)(org, role="viewer")
+    user = await sync_to_async(lambda: member.user)()
+    ws = _communicator(user, org.pk)
+    connected, _ = await ws.connect()
+    assert connected
+    # when each organization publishes a request
+    await apublish_request(other.pk, {"request_id": "theirs"})
+    await apublish_request(org.pk, {"request_id": "mine", "model": "chat"})
+    # then only the member's organization's event arrives
+    message = await ws.receive_json_from(timeout=2)
+    assert message == {"type": "request", "request": {"request_id": "mine", "model": "chat"}}
+    assert await ws.receive_nothing(timeout=0.2)
+    await ws.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_anonymous_or_foreign_session_is_refused():
+    from django.contrib.auth.models import AnonymousUser
+
+    ws = _communicator(AnonymousUser())
+    connected, code = await ws.connect()
+    assert not connected and code == 4403
+
+    org, other = await sync_to_async(factories.make_org)(), await sync_to_async(factories.make_org)()
+    member = await sync_to_async(factories.make_member)(org)
+    user = await sync_to_async(lambda: member.user)()
+    ws = _communicator(user, other.pk)  # session names an organization they do not belong to
+    connected, _ = await ws.connect()
+    assert not connected
+
+
+def test_publish_from_sync_code_never_raises(db, monkeypatch):
+    # billing calls this from a sync task: a broken channel layer must not fail it
+    class Broken:
+        async def group_send(self, *a, **kw):
+            raise ConnectionError("redis down")
+
+    monkeypatch.setattr("console.live.get_channel_layer", lambda: Broken())
+    publish_request(1, {"request_id": "x"})
+
+
+def test_payload_has_no_secrets(world):
+    from tests.console.test_queries import make_logs
+
+    log = make_logs(world["mine"], 1)[0]
+    payload = request_payload(log)
+    assert payload["ve"] == world["mine"]["ve"].name and payload["charge"] == "0.00"
+    text = str(payload)
+    assert "sk-test" not in text and "://" not in text and world["mine"]["key"].key_hash not in text
