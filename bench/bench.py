@@ -72,7 +72,7 @@ def bench_env(tmp: str) -> dict:
     env.update(TOKENBILL_DATA_DIR=tmp, SECRET_KEY=secrets.token_urlsafe(48), DEBUG="0",
                FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(), LOG_LEVEL="WARNING",
                DJANGO_SETTINGS_MODULE="tokenbill.settings", REDIS_PREFIX=f"tbbench{os.getpid()}:",
-               REDIS_URL=redis_url(), PYTHONUNBUFFERED="1")
+               REDIS_URL=redis_url(), PYTHONUNBUFFERED="1", CHECKOUT_TEST_MODE="0")
     return env
 
 
