@@ -105,6 +105,8 @@ class PhysicalModelForm(forms.ModelForm):
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
         self.fields["provider"].queryset = Provider.objects.filter(organization=organization)
+        if self.instance.pk:
+            self.fields["provider"].disabled = True  # a model stays on its provider; add a new one instead
 
     def clean(self):
         data = super().clean()

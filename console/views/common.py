@@ -4,6 +4,7 @@ inside it for htmx, and the full page whenever the request is not from htmx."""
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import HttpResponse
@@ -47,6 +48,23 @@ def save_config_form(form):
         obj = form.save()
         config_changed()
     return obj
+
+
+def apply_service(form, service, **kwargs):
+    """Call a write service; its ValidationError becomes inline form errors (None returned)."""
+    try:
+        return service(**kwargs)
+    except ValidationError as exc:
+        if hasattr(exc, "error_dict"):
+            for field, errors in exc.error_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            form.add_error(None, exc)
+        return None
+
+
+def fields_of(form, *exclude: str) -> dict:
+    return {k: v for k, v in form.cleaned_data.items() if k not in exclude}
 
 
 def paginate(request, queryset, per_page: int = 50):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import render
 from django.urls import reverse
@@ -10,13 +9,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from billing.checkout_links import checkout_url
-from billing.ledger import post_entry
-from billing.models import LedgerKind
+from billing.money import from_micros
 from console.access import console_view, org_get
 from console.forms import AccessKeyForm, GrantForm, VirtualEndpointForm
-from console.views.common import done, render_form, render_page, save_config_form
+from console.views.common import apply_service, done, render_form, render_page
 from routing.models import AccessKey, Role, VirtualEndpoint
-from routing.services import config_changed, key_create
+from routing import services
 
 LIST = "console/endpoints.html"
 DETAIL = "console/endpoint.html"
@@ -37,8 +35,10 @@ def endpoint_list(request):
 @console_view(read=Role.DEVELOPER, write=Role.DEVELOPER)
 def endpoint_new(request):
     form = VirtualEndpointForm(request.POST or None, organization=request.org)
+    ve = None
     if request.method == "POST" and form.is_valid():
-        ve = save_config_form(form)
+        ve = apply_service(form, services.endpoint_create, organization=request.org, **form.cleaned_data)
+    if ve is not None:
         return done(request, reverse("console:endpoint_detail", args=[ve.pk]), f"“{ve.name}” created. Grant it credits and create a key.")
     return render_form(request, form, title="New Virtual Endpoint", action=reverse("console:endpoint_new"),
                        submit="Create", back=reverse("console:endpoints"),
@@ -50,8 +50,8 @@ def endpoint_edit(request, pk: int):
     ve = org_get(VirtualEndpoint.objects, request=request, pk=pk)
     form = VirtualEndpointForm(request.POST or None, instance=ve, organization=request.org)
     if request.method == "POST" and form.is_valid():
-        save_config_form(form)
-        return done(request, reverse("console:endpoint_detail", args=[pk]), "Saved.")
+        if apply_service(form, services.endpoint_update, endpoint=ve, **form.cleaned_data):
+            return done(request, reverse("console:endpoint_detail", args=[pk]), "Saved.")
     return render_form(request, form, title=f"Edit {ve.name}", action=reverse("console:endpoint_edit", args=[pk]),
                        back=reverse("console:endpoint_detail", args=[pk]))
 
@@ -72,8 +72,8 @@ def endpoint_grant(request, pk: int):
     ve = org_get(VirtualEndpoint.objects, request=request, pk=pk)
     form = GrantForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        posted = post_entry(
-            virtual_endpoint=ve, kind=LedgerKind.GRANT, amount=form.cleaned_data["credits"],
+        posted = services.grant_credits(
+            virtual_endpoint=ve, credits=from_micros(form.cleaned_data["credits"]),
             idempotency_key=f"console-grant:{ve.pk}:{form.cleaned_data['token']}",
             note=form.cleaned_data["note"] or "Granted in the console", created_by=request.user,
         )
@@ -90,7 +90,7 @@ def key_new(request, pk: int):
     form = AccessKeyForm(request.POST or None, virtual_endpoint=ve)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        key, secret = key_create(virtual_endpoint=ve, name=data["name"], expires_at=data["expires_at"],
+        key, secret = services.key_create(virtual_endpoint=ve, name=data["name"], expires_at=data["expires_at"],
                                  credit_limit=data["credit_limit"], allowed_models=list(data["allowed_models"]))
         # The only response that ever contains the secret: it is not stored anywhere.
         context = {"key": key, "secret": secret, "ve": ve, "base_url": _gateway_base(request, ve)}
@@ -118,8 +118,8 @@ def key_edit(request, key_pk: int):
     ve = key.virtual_endpoint
     form = AccessKeyForm(request.POST or None, instance=key, virtual_endpoint=ve)
     if request.method == "POST" and form.is_valid():
-        save_config_form(form)
-        return done(request, reverse("console:endpoint_detail", args=[ve.pk]), f"Key “{key.name}” saved.")
+        if apply_service(form, services.key_update, key=key, **form.cleaned_data):
+            return done(request, reverse("console:endpoint_detail", args=[ve.pk]), f"Key “{key.name}” saved.")
     return render_form(request, form, title=f"Edit key {key.name}", action=reverse("console:key_edit", args=[key_pk]),
                        back=reverse("console:endpoint_detail", args=[ve.pk]))
 
@@ -128,10 +128,8 @@ def key_edit(request, key_pk: int):
 @require_POST
 def key_toggle(request, key_pk: int):
     key = _org_key(request, key_pk)
-    with transaction.atomic():
-        AccessKey.objects.filter(pk=key.pk).update(enabled=not key.enabled)
-        config_changed()
-    state = "disabled" if key.enabled else "enabled"
+    services.key_update(key=key, enabled=not key.enabled)
+    state = "enabled" if key.enabled else "disabled"
     return done(request, reverse("console:endpoint_detail", args=[key.virtual_endpoint_id]), f"Key “{key.name}” {state}.")
 
 
@@ -139,7 +137,5 @@ def key_toggle(request, key_pk: int):
 @require_POST
 def key_delete(request, key_pk: int):
     key = _org_key(request, key_pk)
-    with transaction.atomic():
-        key.delete()  # ledger entries and request logs keep their rows (SET_NULL)
-        config_changed()
+    services.key_delete(key=key)  # ledger entries and request logs keep their rows (SET_NULL)
     return done(request, reverse("console:endpoint_detail", args=[key.virtual_endpoint_id]), f"Key “{key.name}” deleted.")

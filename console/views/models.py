@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db import transaction
 from django.db.models import Count, Prefetch
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -12,9 +11,9 @@ from django.views.decorators.http import require_POST
 from console.access import console_view, org_get
 from console.forms import LogicalModelForm, PhysicalModelForm, RouteForm, RouteInlineForm
 from console.selectors import breaker_open, current_rates, route_shares
-from console.views.common import done, render_form, render_page, save_config_form
+from console.views.common import apply_service, done, fields_of, render_form, render_page
 from routing.models import LogicalModel, PhysicalModel, Provider, Role, Route
-from routing.services import config_changed
+from routing import services
 
 TEMPLATE = "console/models.html"
 DETAIL = "console/logical_model.html"
@@ -33,8 +32,9 @@ def physical_new(request):
     form = PhysicalModelForm(request.POST or None, organization=request.org,
                              initial={"provider": request.GET.get("provider")})
     if request.method == "POST" and form.is_valid():
-        pm = save_config_form(form)
-        return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” added.")
+        pm = apply_service(form, services.physical_model_create, **form.cleaned_data)
+        if pm is not None:
+            return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” added.")
     return render_form(request, form, title="Add a physical model", action=reverse("console:physical_new"),
                        submit="Add model", back=reverse("console:models"),
                        intro="One model on one provider, with its cost per unit in the provider's currency.")
@@ -45,8 +45,8 @@ def physical_edit(request, pk: int):
     pm = org_get(PhysicalModel.objects.select_related("provider"), "provider__organization", request=request, pk=pk)
     form = PhysicalModelForm(request.POST or None, instance=pm, organization=request.org)
     if request.method == "POST" and form.is_valid():
-        save_config_form(form)
-        return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” saved.")
+        if apply_service(form, services.physical_model_update, physical_model=pm, **fields_of(form, "provider")):
+            return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” saved.")
     return render_form(request, form, title=f"Edit {pm.upstream_model}", action=reverse("console:physical_edit", args=[pk]),
                        back=reverse("console:models"))
 
@@ -54,8 +54,10 @@ def physical_edit(request, pk: int):
 @console_view(read=Role.ADMIN, write=Role.ADMIN)
 def logical_new(request):
     form = LogicalModelForm(request.POST or None, organization=request.org)
+    lm = None
     if request.method == "POST" and form.is_valid():
-        lm = save_config_form(form)
+        lm = apply_service(form, services.logical_model_create, organization=request.org, **form.cleaned_data)
+    if request.method == "POST" and form.is_valid() and lm is not None:
         return done(request, reverse("console:logical_detail", args=[lm.pk]), f"Logical model “{lm.name}” created. Add its routes.")
     return render_form(request, form, title="New logical model", action=reverse("console:logical_new"),
                        submit="Create", back=reverse("console:models"),
@@ -67,8 +69,8 @@ def logical_edit(request, pk: int):
     lm = org_get(LogicalModel.objects, request=request, pk=pk)
     form = LogicalModelForm(request.POST or None, instance=lm, organization=request.org)
     if request.method == "POST" and form.is_valid():
-        save_config_form(form)
-        return done(request, reverse("console:logical_detail", args=[pk]), "Saved.")
+        if apply_service(form, services.logical_model_update, logical_model=lm, **form.cleaned_data):
+            return done(request, reverse("console:logical_detail", args=[pk]), "Saved.")
     return render_form(request, form, title=f"Edit {lm.name}", action=reverse("console:logical_edit", args=[pk]),
                        back=reverse("console:logical_detail", args=[pk]))
 
@@ -108,8 +110,7 @@ def _margin(lm: LogicalModel, pm: PhysicalModel, rates: dict, markup: Decimal) -
 def route_add(request, pk: int):
     lm = org_get(LogicalModel.objects, request=request, pk=pk)
     form = RouteForm(request.POST, logical_model=lm)
-    if form.is_valid():
-        save_config_form(form)
+    if form.is_valid() and _replace_routes(form, lm, _specs(lm) + [services.RouteSpec(**form.cleaned_data)]):
         if not request.htmx:
             return done(request, reverse("console:logical_detail", args=[lm.pk]), "Route added.")
         form = None
@@ -124,9 +125,12 @@ def route_add(request, pk: int):
 def route_edit(request, pk: int):
     route = org_get(Route.objects.select_related("logical_model"), "logical_model__organization", request=request, pk=pk)
     form = RouteInlineForm(request.POST, instance=route)
-    if form.is_valid():
-        save_config_form(form)
-    return _routes_fragment(request, route.logical_model, status=200 if form.is_valid() else 422)
+    lm = route.logical_model
+    saved = form.is_valid() and _replace_routes(form, lm, [
+        services.RouteSpec(physical_model=r.physical_model, **form.cleaned_data) if r.pk == route.pk else spec
+        for r, spec in zip(_ordered(lm), _specs(lm))
+    ])
+    return _routes_fragment(request, lm, status=200 if saved else 422)
 
 
 @console_view(read=Role.ADMIN, write=Role.ADMIN)
@@ -134,10 +138,23 @@ def route_edit(request, pk: int):
 def route_delete(request, pk: int):
     route = org_get(Route.objects.select_related("logical_model"), "logical_model__organization", request=request, pk=pk)
     lm = route.logical_model
-    with transaction.atomic():
-        route.delete()
-        config_changed()
+    services.logical_model_update(logical_model=lm, routes=[
+        spec for r, spec in zip(_ordered(lm), _specs(lm)) if r.pk != route.pk])
     return _routes_fragment(request, lm)
+
+
+def _ordered(lm: LogicalModel) -> list[Route]:
+    return list(lm.routes.select_related("physical_model__provider").order_by("priority", "-weight", "id"))
+
+
+def _specs(lm: LogicalModel) -> list:
+    """The current routes as RouteSpecs: the service replaces a model's routes as a whole."""
+    return [services.RouteSpec(physical_model=r.physical_model, priority=r.priority, weight=r.weight, enabled=r.enabled)
+            for r in _ordered(lm)]
+
+
+def _replace_routes(form, lm: LogicalModel, specs: list) -> bool:
+    return apply_service(form, services.logical_model_update, logical_model=lm, routes=specs) is not None
 
 
 def _routes_fragment(request, lm: LogicalModel, status: int = 200):

@@ -14,7 +14,8 @@ from console.access import console_view, org_get
 from console.forms import ExchangeRateForm, InvitationForm, MemberRoleForm, OrganizationSettingsForm
 from console.models import Invitation
 from console.selectors import current_rates
-from console.views.common import done, render_form, render_page
+from billing.rates import rate_set
+from console.views.common import apply_service, done, render_page
 from routing.models import Membership, Role
 from routing.services import config_changed
 
@@ -22,13 +23,10 @@ from routing.services import config_changed
 @console_view(read=Role.VIEWER, write=Role.ADMIN)
 def rates(request):
     form = ExchangeRateForm(request.POST or None)
+    rate = None
     if request.method == "POST" and form.is_valid():
-        rate = form.save(commit=False)
-        rate.organization = request.org
-        rate.created_by = request.user
-        with transaction.atomic():
-            rate.save()
-            config_changed()  # gateway processes price calls with the rates in their snapshot
+        rate = apply_service(form, lambda **kw: rate_set(request.org, **kw), created_by=request.user, **form.cleaned_data)
+    if rate is not None:
         return done(request, reverse("console:rates"), f"1 {rate.currency} = {rate.credits_per_unit.normalize():f} credits saved.")
     history = ExchangeRate.objects.filter(Q(organization=request.org) | Q(organization__isnull=True)).select_related("created_by")[:200]
     context = {"form": form, "history": history, "current": sorted(current_rates(request.org).items())}

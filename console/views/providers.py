@@ -10,9 +10,9 @@ from django.views.decorators.http import require_POST
 
 from console.access import console_view, org_get
 from console.forms import ProviderForm
-from console.views.common import done, render_form, render_page, save_config_form
+from console.views.common import apply_service, done, render_form, render_page
 from routing.models import Provider, Role
-from routing.services import config_changed
+from routing import services
 
 TEMPLATE = "console/providers.html"
 
@@ -27,8 +27,9 @@ def provider_list(request):
 def provider_new(request):
     form = ProviderForm(request.POST or None, organization=request.org)
     if request.method == "POST" and form.is_valid():
-        provider = save_config_form(form)
-        return done(request, reverse("console:providers"), f"Provider “{provider.name}” added.")
+        provider = apply_service(form, services.provider_create, organization=request.org, **form.cleaned_data)
+        if provider is not None:
+            return done(request, reverse("console:providers"), f"Provider “{provider.name}” added.")
     return render_form(request, form, title="Add a provider", action=reverse("console:provider_new"),
                        submit="Add provider", back=reverse("console:providers"),
                        intro="An upstream account: where calls go and the key they use.")
@@ -39,8 +40,8 @@ def provider_edit(request, pk: int):
     provider = org_get(Provider.objects, request=request, pk=pk)
     form = ProviderForm(request.POST or None, instance=provider, organization=request.org)
     if request.method == "POST" and form.is_valid():
-        save_config_form(form)
-        return done(request, reverse("console:providers"), f"Provider “{provider.name}” saved.")
+        if apply_service(form, services.provider_update, provider=provider, **form.cleaned_data):
+            return done(request, reverse("console:providers"), f"Provider “{provider.name}” saved.")
     intro = "An API key is set; type a new one to replace it." if provider.has_credentials else "No API key set yet."
     return render_form(request, form, title=f"Edit {provider.name}", action=reverse("console:provider_edit", args=[pk]),
                        back=reverse("console:providers"), intro=intro)
@@ -50,9 +51,7 @@ def provider_edit(request, pk: int):
 @require_POST
 def provider_toggle(request, pk: int):
     provider = org_get(Provider.objects, request=request, pk=pk)
-    provider.enabled = not provider.enabled
-    provider.save(update_fields=["enabled", "updated_at"])
-    config_changed()
+    services.provider_update(provider=provider, enabled=not provider.enabled)
     state = "enabled" if provider.enabled else "disabled"
     return done(request, reverse("console:providers"), f"Provider “{provider.name}” {state}.")
 

@@ -217,7 +217,8 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     shot(page, "12-dashboard")
 
     # and the other pages render cleanly at both widths
-    for name, link in (("10-members", "Members"), ("11-settings", "Settings")):
+    for name, link in (("10-members", "Members"), ("11-settings", "Settings"), ("13-models", "Models & routes"),
+                       ("14-endpoints", "Virtual Endpoints"), ("15-requests", "Request log"), ("16-providers", "Providers")):
         page.set_viewport_size({"width": 1280, "height": 860})
         nav(page, link)
         shot(page, name)

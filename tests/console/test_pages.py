@@ -66,16 +66,22 @@ def test_routes_editor_adds_edits_and_removes(owner_client, world):
     w = world["mine"]
     lm, route = w["lm"], w["route"]
     v0 = version()
+    pm = route.physical_model
     # when the weight of a route changes inline
     response = owner_client.post(reverse("console:route_edit", args=[route.pk]),
-                                 {"priority": 0, "weight": "1", "enabled": "on"}, HTTP_HX_REQUEST="true")
-    # then the routes fragment comes back with the new share, and the gateway is told
+                                 {"priority": 2, "weight": "1.5", "enabled": "on"}, HTTP_HX_REQUEST="true")
+    # then the routes fragment comes back, and the gateway is told
     assert response.status_code == 200 and b"data-route" in response.content
-    route.refresh_from_db()
-    assert route.weight == Decimal("1") and version() > v0
+    edited = Route.objects.get(logical_model=lm, physical_model=pm)  # the service replaces routes as a whole
+    assert (edited.priority, edited.weight) == (2, Decimal("1.5")) and version() > v0
+    # and a bad weight is refused inline, changing nothing
+    bad = owner_client.post(reverse("console:route_edit", args=[edited.pk]), {"priority": 0, "weight": "-1"},
+                            HTTP_HX_REQUEST="true")
+    assert bad.status_code == 422
+    assert Route.objects.get(logical_model=lm, physical_model=pm).weight == Decimal("1.5")
     # and removing it leaves one route
-    owner_client.post(reverse("console:route_delete", args=[route.pk]), HTTP_HX_REQUEST="true")
-    assert Route.objects.filter(logical_model=lm).count() == 1
+    owner_client.post(reverse("console:route_delete", args=[edited.pk]), HTTP_HX_REQUEST="true")
+    assert list(Route.objects.filter(logical_model=lm).values_list("physical_model", flat=True)) == [w["pm2"].pk]
 
 
 def test_route_share_within_tier(owner_client, world, org):
