@@ -4,7 +4,10 @@ invitation acceptance."""
 from __future__ import annotations
 
 from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import SetPasswordForm
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.http import Http404
@@ -53,15 +56,31 @@ def switch_org(request):
     return redirect("console:home")
 
 
-@login_required
 def accept_invitation(request, token: str):
+    """Signed in: one click joins. Not signed in: sign in first, or create an account for
+    the invited address right here (the emailed link proves the address)."""
     invitation = get_object_or_404(Invitation.objects.select_related("organization"), token=token)
-    if request.method == "POST" and invitation.is_open:
+    signup = None
+    if not request.user.is_authenticated and invitation.is_open:
+        signup = _signup_form(request, invitation)
+        if request.method == "POST" and signup.is_valid():
+            user = signup.save()
+            auth_login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    if request.method == "POST" and invitation.is_open and request.user.is_authenticated:
         _accept(invitation, request.user)
         request.session[SESSION_ORG_KEY] = invitation.organization_id
         messages.success(request, f"Welcome to {invitation.organization.name}.")
         return redirect(reverse("console:home"))
-    return render(request, "console/invitation.html", {"invitation": invitation})
+    return render(request, "console/invitation.html", {"invitation": invitation, "signup": signup})
+
+
+def _signup_form(request, invitation: Invitation):
+    User = get_user_model()
+    user = User(username=invitation.email, email=invitation.email)
+    form = SetPasswordForm(user, request.POST or None)
+    if User.objects.filter(username__iexact=invitation.email).exists():
+        return None  # an account exists: sign in instead
+    return form
 
 
 def _accept(invitation: Invitation, user) -> None:

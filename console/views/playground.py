@@ -11,7 +11,7 @@ expired. Rows are kept (not deleted) because ledger entries and request logs wri
 after the stream, in batches, point at the key.
 
 The gateway reads keys from its in-process snapshot, which follows config changes within
-GATEWAY_CONFIG_POLL_SECONDS; a 401 is retried for up to ~3 s to cover that. The gateway
+GATEWAY_CONFIG_POLL_SECONDS; a 401/404 is retried for up to ~3 s to cover that. The gateway
 base URL is settings.CONSOLE_GATEWAY_URL when set, else this request's origin (the
 embedded default serves the gateway and the console from one ASGI server).
 """
@@ -41,6 +41,8 @@ TEMPLATE = "console/playground.html"
 KEY_TTL = timedelta(minutes=5)
 REQUEST_ID_HEADER = "x-tokenbill-request-id"
 STARTUP_RETRY_SECONDS = 3.0
+# Unknown key (401) or VE/model (404): the gateway's snapshot may not have caught up yet.
+NOT_YET_STATUSES = (401, 404)
 
 
 @console_view(read=Role.DEVELOPER)
@@ -107,7 +109,7 @@ def _relay(url: str, secret: str, body: dict):
         with httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)) as client:
             while True:
                 with client.stream("POST", url, json=body, headers=headers) as upstream:
-                    if upstream.status_code == 401 and time.monotonic() < deadline:
+                    if upstream.status_code in NOT_YET_STATUSES and time.monotonic() < deadline:
                         time.sleep(0.25)  # the gateway's snapshot has not seen the new key yet
                         continue
                     yield from _lines(upstream)
@@ -123,7 +125,7 @@ async def _arelay(url: str, secret: str, body: dict):
         async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=5.0)) as client:
             while True:
                 async with client.stream("POST", url, json=body, headers=headers) as upstream:
-                    if upstream.status_code == 401 and time.monotonic() < deadline:
+                    if upstream.status_code in NOT_YET_STATUSES and time.monotonic() < deadline:
                         await asyncio.sleep(0.25)  # the gateway's snapshot has not seen the new key yet
                         continue
                     if upstream.status_code >= 400:

@@ -183,7 +183,9 @@ def test_org_markup_saved_by_owner(owner_client, org):
     assert org.markup == Decimal("1.25")
 
 
-def test_invitation_flow(owner_client, org, client, mailoutbox):
+def test_invitation_flow(owner_client, org, mailoutbox):
+    from django.test import Client
+
     from console.models import Invitation
     from routing.models import Membership
 
@@ -191,6 +193,7 @@ def test_invitation_flow(owner_client, org, client, mailoutbox):
     invitation = Invitation.objects.get(email="new@example.com")
     assert invitation.token in mailoutbox[0].body
     newcomer = factories.make_user("new@example.com")
+    client = Client()
     client.force_login(newcomer)
     url = reverse("console:accept_invitation", args=[invitation.token])
     client.post(url)
@@ -229,3 +232,23 @@ def test_password_reset_sends_a_link(client, db, mailoutbox):
     response = client.post(reverse("console:password_reset"), {"email": "reset@example.com"})
     assert response.status_code == 302
     assert "/console/password-reset/" in mailoutbox[0].body
+
+
+def test_invitee_without_account_signs_up_from_the_link(owner_client, org, mailoutbox):
+    from django.test import Client
+
+    from console.models import Invitation
+    from routing.models import Membership
+
+    owner_client.post(reverse("console:members"), {"email": "fresh@example.com", "role": "viewer"})
+    url = reverse("console:accept_invitation", args=[Invitation.objects.get(email="fresh@example.com").token])
+    client = Client()  # owner_client is the default client, signed in as the owner
+    # when the invitee, signed out, chooses a password on the invitation page
+    weak = client.post(url, {"new_password1": "short", "new_password2": "short"})
+    assert weak.status_code == 200 and b"errors" in weak.content
+    response = client.post(url, {"new_password1": "a-long-pass-123", "new_password2": "a-long-pass-123"})
+    # then they have an account, are signed in and are a viewer of the organization
+    assert response.status_code == 302
+    membership = Membership.objects.get(user__email="fresh@example.com", organization=org)
+    assert membership.role == "viewer"
+    assert client.get(reverse("console:home")).status_code == 200
