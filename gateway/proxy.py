@@ -176,10 +176,10 @@ def _answer_text(payload: dict) -> str:
 
 # --- stream ----------------------------------------------------------------------------------
 class _Opened:
-    __slots__ = ("resp", "decoder", "events", "first")
+    __slots__ = ("resp", "decoder", "events", "first", "pending")
 
-    def __init__(self, resp, decoder, events, first):
-        self.resp, self.decoder, self.events, self.first = resp, decoder, events, first
+    def __init__(self, resp, decoder, events, first, pending=()):
+        self.resp, self.decoder, self.events, self.first, self.pending = resp, decoder, events, first, pending
 
 
 def _stream_attempt(ctx: CallContext, admission: Admission, include_usage: bool):
@@ -193,14 +193,13 @@ def _stream_attempt(ctx: CallContext, admission: Admission, include_usage: bool)
                 raise adapter.error_from(resp.status, await resp.read(), resp.headers)
             decoder = adapter.stream_decoder(pm, include_usage)
             batches = upstream.sse_batches(resp)
-            first: list[dict] = []
             async for batch in batches:
-                for event in batch:
-                    first += decoder.feed(event)
-                    if decoder.done:
-                        break
-                if first or decoder.done:
-                    return _Opened(resp, decoder, batches, first)
+                for i, event in enumerate(batch):
+                    first = decoder.feed(event)
+                    if first or decoder.done:
+                        # The first chunk goes out at once; what arrived with it is relayed next
+                        # (a failure there is then after the first byte: an error event).
+                        return _Opened(resp, decoder, batches, first, batch[i + 1:])
             first = decoder.close()
             if not first:
                 raise UpstreamError(502, "The upstream model sent an empty stream.", transient=True,
@@ -248,15 +247,11 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
         await start_sse(send, ctx.request_id)
         await send({"type": "http.response.body", "body": _frames(opened.first, model), "more_body": True})
         decoder = opened.decoder
+        if opened.pending and not decoder.done:
+            await _relay_batch(send, decoder, opened.pending, model)
         if opened.events is not None and not decoder.done:
             async for batch in opened.events:
-                chunks: list[dict] = []
-                for event in batch:
-                    chunks += decoder.feed(event)
-                    if decoder.done:
-                        break
-                if chunks:
-                    await send({"type": "http.response.body", "body": _frames(chunks, model), "more_body": True})
+                await _relay_batch(send, decoder, batch, model)
                 if decoder.done:
                     break
         tail = opened.decoder.close()
@@ -284,6 +279,20 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
             pass
     finally:
         watcher.cancel()
+
+
+async def _relay_batch(send, decoder, batch, model: str) -> None:
+    """Relay events that arrived together in one send; chunks decoded before a failure in
+    the batch still reach the client before the error event."""
+    chunks: list[dict] = []
+    try:
+        for event in batch:
+            chunks += decoder.feed(event)
+            if decoder.done:
+                break
+    finally:
+        if chunks:
+            await send({"type": "http.response.body", "body": _frames(chunks, model), "more_body": True})
 
 
 async def _watch_disconnect(receive, relay: asyncio.Task, gone: asyncio.Event) -> None:

@@ -140,16 +140,19 @@ def test_missing_usage_is_estimated(live_gateway, world_openai, openai_up, bille
     assert outcome.usage.estimated and outcome.usage.output_tokens >= 4 and outcome.usage.input_tokens > 0
 
 
-def test_malformed_chunk_arriving_with_the_first_ones_still_falls_back(live_gateway, openai_up):
+def test_bad_chunk_in_the_same_read_as_the_first_ends_with_error_after_the_good_ones(live_gateway, openai_up):
     # given: the broken chunk comes in the same network read as the first good ones
     with up.OpenAIFake(api_key="sk-second") as second:
         world = make_world([(openai_up, "openai", "a", 0, 1), (second, "openai", "b", 1, 1)])
-        frames = fake_upstream.stream_events({"model": "a"}, "Hello")
-        frames[3] = b'data: {"choices": [ broken\n\n'
+        frames = fake_upstream.stream_events({"model": "a"}, "Hello", pieces=2)
+        frames[2] = b'data: {"choices": [ broken\n\n'
         openai_up.script(up.raw_reply(b"".join(frames), content_type="text/event-stream"))
+        received = []
         # when
-        chunks = list(world.client(f"{live_gateway.url}/v1").chat.completions.create(
-            model="chat", messages=MSG, stream=True))
-        # then: nothing had been sent, so the next route answered instead
-        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Echo: stream me please"
-        assert len(second.requests) == 1
+        with pytest.raises(openai.APIError):
+            for c in world.client(f"{live_gateway.url}/v1").chat.completions.create(
+                    model="chat", messages=MSG, stream=True):
+                received.append(c.choices[0].delta.content or "")
+        # then: the good chunks went out first (the first one at once), no other model spliced in
+        assert "".join(received) == "Hel"
+        assert second.requests == []
