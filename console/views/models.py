@@ -130,7 +130,8 @@ def route_edit(request, pk: int):
         services.RouteSpec(physical_model=r.physical_model, **form.cleaned_data) if r.pk == route.pk else spec
         for r, spec in zip(_ordered(lm), _specs(lm))
     ])
-    return _routes_fragment(request, lm, status=200 if saved else 422)
+    error = "" if saved else " ".join(str(e) for errors in form.errors.values() for e in errors)
+    return _routes_fragment(request, lm, status=200 if saved else 422, error=error)
 
 
 @console_view(read=Role.ADMIN, write=Role.ADMIN)
@@ -157,9 +158,10 @@ def _replace_routes(form, lm: LogicalModel, specs: list) -> bool:
     return apply_service(form, services.logical_model_update, logical_model=lm, routes=specs) is not None
 
 
-def _routes_fragment(request, lm: LogicalModel, status: int = 200):
+def _routes_fragment(request, lm: LogicalModel, status: int = 200, error: str = ""):
     if not request.htmx:
         return done(request, reverse("console:logical_detail", args=[lm.pk]))
     lm = LogicalModel.objects.prefetch_related(
         Prefetch("routes", queryset=Route.objects.select_related("physical_model__provider"))).get(pk=lm.pk)
-    return render_page(request, DETAIL, _detail_context(request, lm), partial="_routes", status=status)
+    return render_page(request, DETAIL, {**_detail_context(request, lm), "route_error": error}, partial="_routes",
+                       status=status)

@@ -94,7 +94,13 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     page.add_init_script("window.isSecureContext = false;")
     base = server.url
 
-    # when they sign in, they land on the dashboard with the getting-started steps
+    # when they sign in (a wrong password first), they land on the dashboard with the getting-started steps
+    page.goto(f"{base}/console/login/")
+    page.fill("#id_username", "merchant@example.com")
+    page.fill("#id_password", "wrong-password")
+    page.click("button[type=submit]")
+    page.wait_for_selector(".form-errors")
+    shot(page, "00-login-error")
     sign_in(page, base, "merchant@example.com")
     assert page.locator("h1").inner_text() == "Dashboard"
     assert page.get_by_text("Get started in four steps").is_visible()
