@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from billing.ledger import post_entry
-from billing.models import LedgerKind, RequestLog
+from billing.models import LedgerEntry, LedgerKind, RequestLog
 from routing.models import AccessKey, VirtualEndpoint
 
 log = logging.getLogger("tokenbill.billing")
@@ -120,11 +121,64 @@ class LogWriter:
 
     def _write(self, rows: list[dict], charges: list[PendingCharge]) -> None:
         with transaction.atomic():
-            for charge in charges:
-                _post_charge(charge)
+            ve_ids = post_charges(charges)
             RequestLog.objects.bulk_create([RequestLog(**row) for row in rows], ignore_conflicts=True)
+        _check_low_balance(ve_ids)
         # Redis keeps its unposted-charge records RETAIN seconds on purpose (see
         # billing/budget_redis.py); the sweep drops them once the ledger has them.
+
+
+def post_charges(charges: list[PendingCharge]) -> set[int]:
+    """Post a batch of charges: one INSERT for the entries, one UPDATE per VE and per key.
+
+    Entries already in the ledger (a re-flush, or the reconciliation posted them) are left
+    out first; if a racing writer still wins a unique key, or the SQL mirror would pass its
+    budget, the batch is rolled back and posted one entry at a time (post_entry decides).
+    Rows are updated in id order, VEs then keys, so two batches cannot deadlock.
+    """
+    if not charges:
+        return set()
+    have = set(LedgerEntry.objects.filter(idempotency_key__in=[c.request_id for c in charges])
+               .values_list("idempotency_key", flat=True))
+    new = list({c.request_id: c for c in charges if c.request_id not in have}.values())
+    try:
+        with transaction.atomic():
+            LedgerEntry.objects.bulk_create([
+                LedgerEntry(virtual_endpoint_id=c.ve_id, access_key_id=c.key_id, kind=LedgerKind.CHARGE,
+                            amount=c.amount, idempotency_key=c.request_id, request_id=c.request_id,
+                            rate_snapshot=c.rate_snapshot) for c in new])
+            for ve_id, total in sorted(_sums(new, "ve_id").items()):
+                VirtualEndpoint.objects.filter(pk=ve_id).update(credit_spend=F("credit_spend") + total)
+            for key_id, total in sorted(_sums(new, "key_id").items()):
+                AccessKey.objects.filter(pk=key_id).update(credit_spend=F("credit_spend") + total)
+    except IntegrityError:
+        for charge in new:
+            _post_charge(charge)
+    return {c.ve_id for c in new}
+
+
+def _sums(charges: list[PendingCharge], field: str) -> dict[int, int]:
+    sums: dict[int, int] = {}
+    for c in charges:
+        owner = getattr(c, field)
+        if owner is not None:
+            sums[owner] = sums.get(owner, 0) + c.amount
+    return sums
+
+
+def _check_low_balance(ve_ids: set[int]) -> None:
+    """Once per VE per batch, not once per call (billing/alerts.py sends at most one alert)."""
+    if not ve_ids:
+        return
+    try:
+        from billing.alerts import check_low_balance
+    except ImportError:  # pragma: no cover
+        return
+    for ve_id in sorted(ve_ids):
+        try:
+            check_low_balance(ve_id)
+        except Exception:  # an alert must never lose a batch
+            log.exception("low-balance check for VE %s failed", ve_id)
 
 
 def _post_charge(charge: PendingCharge) -> None:
