@@ -161,3 +161,23 @@ def _sender(tmp_path: Path):
     os.makedirs(folder, exist_ok=True)
     return Celery("sender", broker="filesystem://", broker_transport_options={
         "data_folder_in": folder, "data_folder_out": folder})
+
+
+def test_a_replayed_batch_posts_each_charge_once():
+    # given a batch of charges, one of them twice (a retried flush after a lost commit reply)
+    from billing.requestlog import PendingCharge, post_charges
+    from tests import factories
+
+    org = factories.make_org()
+    ve = factories.make_ve(org, credits="100")
+    key, _ = factories.make_key(ve)
+    batch = [PendingCharge(ve.pk, key.pk, 1_000_000, f"req-{i}", {}) for i in range(3)]
+    # when
+    post_charges(batch + batch[:1])
+    post_charges(batch)
+    # then
+    assert LedgerEntry.objects.filter(kind="charge").count() == 3
+    ve.refresh_from_db()
+    key.refresh_from_db()
+    assert (ve.credit_spend, key.credit_spend) == (3_000_000, 3_000_000)
+    assert ledger_sums(ve.pk) == (100_000_000, 3_000_000)
