@@ -89,8 +89,8 @@ def make_app(delay_ms: float = 0.0) -> web.Application:
             await asyncio.sleep(delay)
         if body.get("stream") is True:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
             try:
+                await resp.prepare(request)
                 for frame in stream_events(body):
                     await resp.write(frame)
                 await resp.write_eof()
