@@ -6,6 +6,9 @@ console.consumers.LiveFeedConsumer receives it. With the in-memory channel layer
 (embedded default) only consumers in the same process see it; with Redis every process.
 
 The payload must be JSON-safe and contain nothing secret: use `request_payload(log)`.
+`publish_rows(rows)` takes a batch of the row dicts billing's log writer bulk-creates;
+console/apps.py registers it with billing.requestlog.on_written(listener) when billing
+offers that hook (billing must not import console: the dependency points this way).
 """
 
 from __future__ import annotations
@@ -39,6 +42,38 @@ def request_payload(row) -> dict:
         "tokens": row.input_tokens + row.cached_input_tokens + row.output_tokens,
         "charge": format_credits_human(row.charge),
         "latency_ms": row.latency_ms,
+    }
+
+
+def publish_rows(rows: list[dict]) -> None:
+    """A flushed batch of request-log rows (the dicts billing's log writer bulk-creates)
+    to the feed. One query for the VE names of the batch; never raises."""
+    if not rows:
+        return
+    try:
+        from routing.models import VirtualEndpoint
+
+        ve_ids = {row.get("virtual_endpoint_id") for row in rows}
+        names = dict(VirtualEndpoint.objects.filter(pk__in=ve_ids).values_list("pk", "name"))
+        for row in rows:
+            publish_request(row["organization_id"], _row_payload(row, names.get(row.get("virtual_endpoint_id"), "")))
+    except Exception as exc:
+        log.warning("live feed: could not publish a batch (%s)", type(exc).__name__)
+
+
+def _row_payload(row: dict, ve_name: str) -> dict:
+    started = row.get("started_at")
+    return {
+        "id": None,
+        "request_id": row.get("request_id", ""),
+        "started_at": started.isoformat() if started else None,
+        "ve": ve_name,
+        "model": row.get("logical_model_name", ""),
+        "status": row.get("status", "ok"),
+        "http_status": row.get("http_status", 200),
+        "tokens": sum(int(row.get(k) or 0) for k in ("input_tokens", "cached_input_tokens", "output_tokens")),
+        "charge": format_credits_human(int(row.get("charge") or 0)),
+        "latency_ms": row.get("latency_ms", 0),
     }
 
 

@@ -85,3 +85,26 @@ def test_payload_has_no_secrets(world):
     assert payload["ve"] == world["mine"]["ve"].name and payload["charge"] == "0.00"
     text = str(payload)
     assert "sk-test" not in text and "://" not in text and world["mine"]["key"].key_hash not in text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_flushed_log_rows_reach_the_feed():
+    from django.utils import timezone
+
+    from console.live import publish_rows
+
+    org = await sync_to_async(factories.make_org)()
+    ve = await sync_to_async(factories.make_ve)(org, name="Feed VE")
+    member = await sync_to_async(factories.make_member)(org)
+    user = await sync_to_async(lambda: member.user)()
+    ws = _communicator(user, org.pk)
+    assert (await ws.connect())[0]
+    # when billing's log writer flushes a batch (from a worker thread)
+    row = {"organization_id": org.pk, "virtual_endpoint_id": ve.pk, "request_id": "req_1", "logical_model_name": "chat",
+           "status": "ok", "http_status": 200, "input_tokens": 3, "output_tokens": 4, "charge": 2_500_000,
+           "started_at": timezone.now(), "latency_ms": 12}
+    await sync_to_async(publish_rows)([row])
+    # then the tab sees it, with the VE's name and the charge in credits
+    message = (await ws.receive_json_from(timeout=2))["request"]
+    assert (message["request_id"], message["ve"], message["charge"], message["tokens"]) == ("req_1", "Feed VE", "2.50", 7)
+    await ws.disconnect()
