@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
+from redis.exceptions import RedisError
 
 from billing import budget as budgets
 from billing.checkout_links import checkout_url
@@ -68,8 +69,13 @@ class RealBiller:
         if full == 0:  # a model priced at zero on purpose: nothing to hold
             return Admission(0, output or None, None if len(rates) == len(ctx.model.routes) else frozenset(rates),
                              AdmitState(rates, prompt))
-        reserved = await self.budget.reserve(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id,
-                                             full=full, minimum=max(minimum, 1), **self._limit(ctx))
+        try:
+            reserved = await self.budget.reserve(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id,
+                                                 full=full, minimum=max(minimum, 1), **self._limit(ctx))
+        except (OSError, RedisError) as exc:
+            # No budget, no call: refusing is the only answer that cannot overspend.
+            log.error("budget unavailable (%s): refusing request %s", type(exc).__name__, ctx.request_id)
+            raise unavailable() from None
         if reserved <= 0:
             raise exhausted(ctx)
         state = AdmitState(rates, prompt)
@@ -195,6 +201,13 @@ def exhausted(ctx: CallContext) -> BudgetExhausted:
 
     exc.message = exhausted_text(ctx.ve, exc.checkout_url)
     return exc
+
+
+def unavailable() -> Exception:
+    from gateway.errors import GatewayError
+
+    return GatewayError(503, "Billing is unavailable right now; no credits were used. Try again shortly.",
+                        type="api_error", code="billing_unavailable")
 
 
 def not_priced(exc: PricingError) -> Exception:

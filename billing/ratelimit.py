@@ -1,8 +1,8 @@
 """Requests-per-minute and tokens-per-minute limits, per VE and per key.
 
-A VE's limits (requests_per_minute, tokens_per_minute) apply to the VE as a whole and to
-each of its keys on its own (keys have no limits of their own in the model), so one
-leaked key cannot take a whole VE's quota... beyond its own share of the window.
+A VE's limits (requests_per_minute, tokens_per_minute) apply to the VE as a whole and,
+counted separately, to each of its keys (keys have no limits of their own in the model):
+a call must fit in both windows.
 
 Fixed one-minute windows. The check and the count are one step: a Lua script in Redis
 (shared by every process), a lock-free dict update in-process otherwise (one event loop,

@@ -277,3 +277,22 @@ async def test_sql_reconcile_repairs_key_counters(biller, budget):
     await AccessKey.objects.filter(pk=world.key.pk).aupdate(credit_spend=1, credit_reserved=5)
     await sync_to_async(budget.reconcile)(world.ve.pk)
     assert await budget.key_counters(world.key.pk) == (3_000_000, 0)
+
+
+async def test_budget_store_down_refuses_with_503_not_500(transactional_db):
+    # given a Redis budget whose server does not answer
+    from billing.biller import RealBiller
+    from billing.budget_redis import RedisBudget
+    from billing.pricing import RateBook
+    from billing.ratelimit import MemoryLimiter
+    from billing.requestlog import LogWriter
+    from gateway.errors import GatewayError
+
+    world = await sync_to_async(make_world)()
+    biller = RealBiller(budget=RedisBudget("redis://127.0.0.1:1/0", "down:"), limiter=MemoryLimiter(),
+                        writer=LogWriter(), rates=RateBook())
+    ctx = await sync_to_async(world.ctx)()
+    # when / then
+    with pytest.raises(GatewayError) as raised:
+        await biller.admit(ctx)
+    assert raised.value.status == 503 and raised.value.code == "billing_unavailable"
