@@ -207,3 +207,25 @@ def test_rate_limit_per_minute_gives_429_with_retry_after(live_gateway, real_bil
     assert 1 <= int(raised.value.response.headers["retry-after"]) <= 60
 
 
+
+
+def test_clean_shutdown_flushes_buffered_logs_and_charges(real_biller, upstream):
+    # given a gateway whose writer would not flush on its own for an hour
+    from django.core.asgi import get_asgi_application
+
+    from tests.fakes.gateway_server import LiveServer
+    from tokenbill.routing import build_application
+
+    real_biller.writer.interval = 3600
+    world = world_for(upstream)
+    server = LiveServer(build_application(get_asgi_application())).start()
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=world.secret, max_retries=0)
+        sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert RequestLog.objects.count() == 0
+    finally:
+        # when the server shuts down cleanly (lifespan shutdown)
+        server.stop()
+    # then nothing buffered is lost
+    assert RequestLog.objects.filter(virtual_endpoint=world.ve, status="ok").count() == 1
+    assert LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count() == 1
