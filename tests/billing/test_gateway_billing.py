@@ -229,3 +229,27 @@ def test_clean_shutdown_flushes_buffered_logs_and_charges(real_biller, upstream)
     # then nothing buffered is lost
     assert RequestLog.objects.filter(virtual_endpoint=world.ve, status="ok").count() == 1
     assert LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count() == 1
+
+
+def test_redis_restart_mid_run_loses_no_charge(live_gateway, real_biller, upstream):
+    if real_biller.budget.name != "redis":
+        pytest.skip("SQL counters cannot be lost to a Redis restart")
+    world = world_for(upstream)
+    sdk = openai.OpenAI(base_url=f"{live_gateway.url}/v1", api_key=world.secret, max_retries=0)
+
+    def calls(n):
+        for i in range(n):
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"call {i}"}])
+
+    # given charged calls, some maybe still buffered
+    calls(5)
+    # when Redis comes back empty in the middle of the run
+    assert real_biller.budget.delete_all_keys() > 0
+    calls(5)
+    real_biller.writer.flush_sync()
+    # then every charge is in the ledger and the rebuilt counters equal its sums
+    budget, spend = ledger_sums(world.ve.pk)
+    assert LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count() == 10
+    counters = asyncio.run(real_biller.budget.counters(world.ve.pk))
+    assert (counters.budget, counters.spend, counters.reserved) == (budget, spend, 0)
+    assert RequestLog.objects.filter(virtual_endpoint=world.ve).count() == 10
