@@ -140,6 +140,10 @@ class GatewayApp:
                           run_id=req.run_id or _metadata_run_id(body), started_at=time.time(), requested_model=name)
         try:
             ctx.model = auth.resolve_model(snapshot, ve, key, name)
+            wanted = "chat" if route == "chat" else "embedding"
+            if ctx.model.modality != wanted:
+                raise errors.bad_request(f"The model '{name}' is not a {wanted} model.", param="model",
+                                         code="model_not_supported")
         except errors.GatewayError as exc:
             # Refused before admission: still one request-log row (billing.gate.Biller.record).
             await _record_refusal(ctx, exc)

@@ -174,3 +174,11 @@ def test_non_gateway_paths_still_reach_django(live_gateway):
     assert app.claims({"path": "/anything", "headers": [(b"host", b"ve_abc.ve.localhost:8000")]})
     r = httpx.get(live_gateway.url + "/admin/login/")
     assert "x-tokenbill-request-id" not in r.headers  # served by Django, not the gateway
+
+
+def test_endpoint_and_model_modality_must_match(live_gateway, openai_up):
+    world = make_world([(openai_up, "openai", "embed-up", 0, 1)], model_name="embed", modality="embedding")
+    _assert_error(_post(live_gateway, secret=world.secret,
+                        body={"model": "embed", "messages": [{"role": "user", "content": "x"}]}), 400,
+                  "model_not_supported")
+    assert openai_up.requests == []
