@@ -79,10 +79,12 @@ def _host(scope) -> str:
 
 class GatewayApp:
     def claims(self, scope) -> bool:
-        return self._target(scope) is not None
+        target = scope["tokenbill.gateway_target"] = auth.split_target(scope["path"], _host(scope))
+        return target is not None
 
     def _target(self, scope):
-        return auth.split_target(scope["path"], _host(scope))
+        target = scope.get("tokenbill.gateway_target")  # computed by claims() for this request
+        return target if target is not None else auth.split_target(scope["path"], _host(scope))
 
     async def lifespan(self, scope, receive, send):
         while True:
