@@ -53,3 +53,13 @@ def pill(status) -> str:
 @register.filter
 def get_item(mapping, key):
     return mapping.get(key, "") if hasattr(mapping, "get") else ""
+
+
+@register.filter
+def minor_units(amount, currency: str = "") -> str:
+    """Checkout amounts are stored in the currency's minor unit: 1000 -> '10.00 USD'."""
+    try:
+        value = int(amount)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{value // 100:,}.{value % 100:02d} {currency}".strip()

@@ -231,7 +231,14 @@ def test_password_reset_sends_a_link(client, db, mailoutbox):
     factories.make_user("reset@example.com")
     response = client.post(reverse("console:password_reset"), {"email": "reset@example.com"})
     assert response.status_code == 302
-    assert "/console/password-reset/" in mailoutbox[0].body
+    link = re.search(r"http://testserver(/console/password-reset/\S+)", mailoutbox[0].body).group(1)
+    # and the link leads to a form that sets the new password
+    form_page = client.get(link, follow=True)
+    assert b"new_password1" in form_page.content
+    done = client.post(form_page.redirect_chain[-1][0], {"new_password1": "brand-new-pass-1", "new_password2": "brand-new-pass-1"},
+                       follow=True)
+    assert b"Password changed" in done.content
+    assert client.login(username="reset@example.com", password="brand-new-pass-1")
 
 
 def test_invitee_without_account_signs_up_from_the_link(owner_client, org, mailoutbox):
@@ -252,3 +259,33 @@ def test_invitee_without_account_signs_up_from_the_link(owner_client, org, mailo
     membership = Membership.objects.get(user__email="fresh@example.com", organization=org)
     assert membership.role == "viewer"
     assert client.get(reverse("console:home")).status_code == 200
+
+
+@pytest.mark.parametrize("period,split,label", [("day", "ve", "Acme app"), ("week", "logical", "chat"),
+                                                ("month", "physical", "fake-a"), ("day", "key", "backend"),
+                                                ("week", "provider", "Acme upstream")])
+def test_dashboard_chart_splits(owner_client, world, period, split, label):
+    from tests.console.test_queries import make_logs
+
+    make_logs(world["mine"], 20)
+    response = owner_client.get(reverse("console:home"), {"period": period, "split": split, "metric": "charge"},
+                                HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert "<svg" in body and "<rect" in body and f"</i>{label}</span>" in body
+    assert "<html" not in body  # the _chart partial alone
+
+
+def test_dashboard_totals_and_margin(owner_client, world):
+    from tests.console.test_queries import make_logs
+
+    make_logs(world["mine"], 4)  # each: cost 100 µcr, charge 150 µcr
+    from console.views.dashboard import totals
+
+    today = totals(world["mine"]["ve"].organization)[0]
+    assert (today["requests"], today["cost"], today["charge"], today["margin"], today["margin_pct"]) == (4, 400, 600, 200, 33)
+
+
+def test_key_expiry_must_be_in_the_future(owner_client, world):
+    response = owner_client.post(reverse("console:key_new", args=[world["mine"]["ve"].pk]),
+                                 {"name": "old", "expires_at": "2001-01-01T00:00"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422 and b"future" in response.content
