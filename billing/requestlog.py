@@ -117,7 +117,8 @@ class LogWriter:
                     self._charges[:0] = charges
                 raise
             self.written += len(rows)
-            return len(rows)
+        _notify_written(rows)
+        return len(rows)
 
     def _write(self, rows: list[dict], charges: list[PendingCharge]) -> None:
         with transaction.atomic():
@@ -196,6 +197,24 @@ def _post_charge(charge: PendingCharge) -> None:
         # record the charge anyway; reconciliation repairs the mirror from the ledger.
         log.error("charge %s posted without moving SQL counters (mirror over budget)", charge.request_id)
         post_entry(**kwargs, update_counters=False)
+
+
+# Called with every committed batch of row dicts (the console's live feed registers here;
+# billing never imports console). A listener's failure never loses a batch.
+_written_listeners: list = []
+
+
+def on_written(listener) -> None:
+    if listener not in _written_listeners:
+        _written_listeners.append(listener)
+
+
+def _notify_written(rows: list[dict]) -> None:
+    for listener in list(_written_listeners) if rows else ():
+        try:
+            listener(rows)
+        except Exception:
+            log.exception("request log listener failed")
 
 
 _writer: LogWriter | None = None

@@ -181,3 +181,17 @@ def test_a_replayed_batch_posts_each_charge_once():
     key.refresh_from_db()
     assert (ve.credit_spend, key.credit_spend) == (3_000_000, 3_000_000)
     assert ledger_sums(ve.pk) == (100_000_000, 3_000_000)
+
+
+async def test_written_batches_reach_listeners(biller):
+    from billing import requestlog
+
+    seen = []
+    requestlog.on_written(seen.append)
+    try:
+        world = await sync_to_async(make_world)()
+        ctx, _ = await _call(biller, world, "run-x")
+        await biller.writer.flush()
+    finally:
+        requestlog._written_listeners.remove(seen.append)
+    assert [row["request_id"] for batch in seen for row in batch] == [ctx.request_id]
