@@ -62,9 +62,9 @@ class RealBiller:
         prompt = prompt_tokens(ctx)
         await self.limiter.check(ctx.ve, ctx.key, prompt)
         rates = await self._route_rates(ctx)
-        output = requested_output(ctx)
-        full = max(_micros(r.charge_exact(Units(input=prompt, output=output))) for r in rates.values())
-        minimum = min(_micros(r.charge_exact(Units(input=prompt, output=min(output, MIN_USEFUL_OUTPUT))))
+        output, n = requested_output(ctx), choices(ctx)  # n choices: up to n x max_tokens of output
+        full = max(_micros(r.charge_exact(Units(input=prompt, output=output * n))) for r in rates.values())
+        minimum = min(_micros(r.charge_exact(Units(input=prompt, output=min(output, MIN_USEFUL_OUTPUT) * n)))
                       for r in rates.values())
         if full == 0:  # a model priced at zero on purpose: nothing to hold
             return Admission(0, output or None, None if len(rates) == len(ctx.model.routes) else frozenset(rates),
@@ -82,11 +82,11 @@ class RealBiller:
         if reserved >= full:
             allowed = None if len(rates) == len(ctx.model.routes) else frozenset(rates)
             return Admission(reserved, output if output else None, allowed, state)
-        return await self._clamped(ctx, reserved, prompt, output, state)
+        return await self._clamped(ctx, reserved, prompt, output, n, state)
 
-    async def _clamped(self, ctx, reserved, prompt, output, state) -> Admission:
+    async def _clamped(self, ctx, reserved, prompt, output, n, state) -> Admission:
         """Less than the full estimate is held: keep the routes it pays for, cap the output."""
-        affordable = {rid: _affordable_output(r, reserved, prompt, output) for rid, r in state.rates.items()}
+        affordable = {rid: _affordable_output(r, reserved, prompt, output * n) // n for rid, r in state.rates.items()}
         floor = min(output, MIN_USEFUL_OUTPUT)
         allowed = {rid: n for rid, n in affordable.items() if n >= floor}
         if not allowed:
@@ -183,6 +183,11 @@ def prompt_tokens(ctx: CallContext) -> int:
     except Exception:  # no tokenizer: a generous count (about 3 bytes per token)
         count = len(json.dumps(body.get("messages") or body.get("input") or "")) // 3 + 1
     return int((Decimal(count) * ESTIMATE_MARGIN).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def choices(ctx: CallContext) -> int:
+    n = ctx.body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def requested_output(ctx: CallContext) -> int:

@@ -226,6 +226,12 @@ class RedisBudget:
         if charged == -1:
             await self.rebuild(ve_id)
             charged, balance = await scripts["settle"](keys=keys, args=args)
+        if charged == -1 and key_id is not None:
+            # The key was deleted while its call ran (its counters cannot be rebuilt): the
+            # VE still pays for what its key used.
+            return await self.settle(request_id=request_id, ve_id=ve_id, key_id=None, charge=charge, entry=entry)
+        if charged == -1:
+            raise RuntimeError(f"VE {ve_id} has no counters and none could be rebuilt")
         return Settled(int(charged), int(balance), False)
 
     async def counters(self, ve_id) -> Counters:

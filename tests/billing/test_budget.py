@@ -296,3 +296,11 @@ async def test_budget_store_down_refuses_with_503_not_500(transactional_db):
     with pytest.raises(GatewayError) as raised:
         await biller.admit(ctx)
     assert raised.value.status == 503 and raised.value.code == "billing_unavailable"
+
+
+async def test_n_choices_hold_n_times_the_output(biller, budget):
+    world = await sync_to_async(make_world)()
+    one = await biller.admit(await sync_to_async(world.ctx)(max_tokens=100))
+    four = await biller.admit(await sync_to_async(world.ctx)(max_tokens=100, n=4))
+    # 100 output tokens at 0.2 credit each, four times over
+    assert four.reserved - one.reserved == 3 * 100 * 200_000
