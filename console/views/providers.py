@@ -74,6 +74,8 @@ def check_connection(provider: Provider) -> tuple[bool, str]:
         return False, "Timed out."
     except httpx.HTTPError as exc:
         return False, f"Could not connect ({type(exc).__name__})."
+    if response.status_code == 404 and provider.kind in ("openai", "openai_compatible"):
+        return _check_with_chat(provider, headers, timeout)
     if response.status_code >= 400:
         hint = {401: "the API key was refused", 403: "the API key may not list models", 404: "check the base URL"}
         return False, f"HTTP {response.status_code}" + (f": {hint[response.status_code]}." if response.status_code in hint else ".")
@@ -82,6 +84,22 @@ def check_connection(provider: Provider) -> tuple[bool, str]:
     except ValueError:
         return True, f"Connected (HTTP {response.status_code})."
     return True, f"Connected: {count} model{'s' if count != 1 else ''} available."
+
+
+def _check_with_chat(provider: Provider, headers: dict, timeout) -> tuple[bool, str]:
+    """Servers without /models (some self-hosted ones): one 1-token chat call to the
+    provider's first chat model instead, if it has one."""
+    model = provider.physical_models.filter(modality="chat").order_by("id").values_list("upstream_model", flat=True).first()
+    if model is None:
+        return False, "HTTP 404 on /models: check the base URL, or add a chat model and test again."
+    body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    try:
+        response = httpx.post(f"{provider.base_url.rstrip('/')}/chat/completions", json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, f"Could not connect ({type(exc).__name__})."
+    if response.status_code >= 400:
+        return False, f"HTTP {response.status_code} from {model}."
+    return True, f"Connected: {model} answered."
 
 
 def _probe(provider: Provider) -> tuple[str, dict, dict]:

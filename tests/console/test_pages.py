@@ -289,3 +289,17 @@ def test_key_expiry_must_be_in_the_future(owner_client, world):
     response = owner_client.post(reverse("console:key_new", args=[world["mine"]["ve"].pk]),
                                  {"name": "old", "expires_at": "2001-01-01T00:00"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 422 and b"future" in response.content
+
+
+def test_test_connection_falls_back_to_a_one_token_chat(owner_client, org):
+    from tests.fakes.openai_server import OpenAIFake
+
+    with OpenAIFake(api_key="sk-up") as fake:  # answers chat, but has no /models
+        provider = factories.make_provider(org, name="self-hosted", base_url=fake.base_url, api_key="sk-up")
+        before = owner_client.post(reverse("console:provider_test", args=[provider.pk]), HTTP_HX_REQUEST="true")
+        factories.make_physical_model(provider, "tiny")
+        after = owner_client.post(reverse("console:provider_test", args=[provider.pk]), HTTP_HX_REQUEST="true")
+        sent = fake.requests[-1].json
+    assert b"add a chat model" in before.content
+    assert b"pill-green" in after.content and b"tiny answered" in after.content
+    assert sent["max_tokens"] == 1
