@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 import time
 import weakref
 
@@ -36,7 +37,6 @@ import redis.asyncio as aredis
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from django.db.models import Q, Sum
-from django.utils import timezone
 
 from billing.budget import ChargeEntry, Counters, Drift, Settled, hold_seconds
 from billing.models import LedgerEntry, LedgerKind
@@ -44,7 +44,8 @@ from routing.models import AccessKey
 
 log = logging.getLogger("tokenbill.billing")
 
-RETAIN = 120.0  # seconds an unposted-charge record outlives its settle
+RETAIN = 30.0  # seconds an unposted-charge record outlives its settle (the sweep then checks the ledger)
+CLOCK_SKEW = 30.0  # between gateway hosts (settle time) and the host that wrote the ledger row
 
 _LIB = """
 local function s(x) return string.format('%d', x) end
@@ -262,8 +263,12 @@ class RedisBudget:
                         f"{self.k_ve(entry.virtual_endpoint_id)}:grants", entry.pk, entry.amount)
 
     def rebuild_sync(self, ve_id: int, mode: str = "repair") -> list[Drift]:
-        grants, spend, recent, keys = self._ledger_state(ve_id)
         ve = self.k_ve(ve_id)
+        # The oldest unposted record bounds which ledger rows can also be in it: read it
+        # first; records added later are newer still.
+        stamps = [int(v.rsplit(b":", 1)[1]) for v in self._sync.hvals(f"{ve}:unposted")]
+        oldest = min(stamps) if stamps else time.time()
+        grants, spend, recent, keys = self._ledger_state(ve_id, oldest - CLOCK_SKEW)
         key_names = [self.k_key(k) for k in keys]
         args = [mode, ve_id, len(grants), *[x for g in grants for x in g], spend, len(recent), *recent, len(keys),
                 *[x for k in keys.items() for x in k]]
@@ -271,9 +276,9 @@ class RedisBudget:
                               f"{self.p}ves", *key_names, *args)
         return self._drifts(ve_id, [o.decode() if isinstance(o, bytes) else str(o) for o in out])
 
-    def _ledger_state(self, ve_id: int):
-        """Grants, charge sum, recent charge ids and per-key charge sums: one snapshot."""
-        cutoff = timezone.now() - timezone.timedelta(seconds=RETAIN + 60)
+    def _ledger_state(self, ve_id: int, since: float):
+        """Grants, charge sum, charge ids since `since` and per-key charge sums: one snapshot."""
+        cutoff = datetime.fromtimestamp(since, tz=UTC)
         with transaction.atomic():
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
