@@ -16,7 +16,6 @@ from functools import wraps
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.shortcuts import get_object_or_404, render
 
 from routing.models import Membership, Role
@@ -72,12 +71,3 @@ def org_get(queryset, org_path: str = "organization", **lookup):
     from the model to Organization (e.g. "provider__organization")."""
     request = lookup.pop("request")
     return get_object_or_404(queryset, **{org_path: request.org}, **lookup)
-
-
-def require_role(request, role: str) -> None:
-    if not request.membership.can(role):
-        raise PermissionDenied(f"This needs the {Role(role).label} role.")
-
-
-def not_found() -> Http404:
-    return Http404("Not found")

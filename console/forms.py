@@ -4,8 +4,6 @@ billing.money.credits_to_micros_exact, so "0.1" is exact and "1e-9" is refused i
 from __future__ import annotations
 
 import secrets
-from decimal import Decimal
-
 from django import forms
 from django.utils import timezone
 
@@ -306,7 +304,3 @@ class RequestFilterForm(forms.Form):
         self.fields["ve"].queryset = VirtualEndpoint.objects.filter(organization=organization)
         self.fields["key"].queryset = AccessKey.objects.filter(virtual_endpoint__organization=organization).select_related("virtual_endpoint")
         self.fields["key"].label_from_instance = lambda k: f"{k.name} ({k.prefix}…)"
-
-
-def decimal_or_none(value) -> Decimal | None:
-    return None if value in (None, "") else Decimal(value)

@@ -6,11 +6,9 @@ from __future__ import annotations
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
-from routing.services import config_changed
 
 FORM_TEMPLATE = "console/form_page.html"
 
@@ -38,16 +36,6 @@ def done(request, url: str, message: str = ""):
         response["HX-Redirect"] = url
         return response
     return redirect(url)
-
-
-def save_config_form(form):
-    """Save a ModelForm that changes what the gateway serves, and bump the config version
-    in the same transaction so every gateway process rebuilds its snapshot after commit.
-    (Used where routing.services has no dedicated write function yet.)"""
-    with transaction.atomic():
-        obj = form.save()
-        config_changed()
-    return obj
 
 
 def apply_service(form, service, **kwargs):

@@ -187,7 +187,7 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     page.fill("#id_currency", "USD")
     page.fill("#id_credits_per_unit", "100000")
     page.get_by_role("button", name="Save rate").click()
-    page.wait_for_selector("dd >> text=100000")
+    page.wait_for_selector("dd >> text=100,000")
     shot(page, "07-rates")
 
     # then the playground streams an answer through the gateway

@@ -174,7 +174,7 @@ def test_exchange_rate_history_is_kept(owner_client, org):
     owner_client.post(reverse("console:rates"), {"currency": "usd", "credits_per_unit": "100000"})
     owner_client.post(reverse("console:rates"), {"currency": "USD", "credits_per_unit": "120000"})
     assert ExchangeRate.objects.filter(organization=org, currency="USD").count() == 2
-    assert b"120000" in owner_client.get(reverse("console:rates")).content
+    assert b"120,000" in owner_client.get(reverse("console:rates")).content
 
 
 def test_org_markup_saved_by_owner(owner_client, org):
