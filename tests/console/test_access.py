@@ -142,3 +142,24 @@ def test_switch_org_only_to_own_memberships(client, org, other_org):
     assert b"Globex" in client.get(reverse("console:home")).content
     # and they cannot switch into an organization they are not a member of
     assert client.post(reverse("console:switch_org"), {"organization": stranger_org.pk}).status_code == 404
+
+
+@pytest.mark.parametrize("name,obj,hidden", [
+    ("providers", None, b"+ Add provider"), ("models", None, b"+ Logical model"), ("endpoints", None, b"+ New endpoint"),
+    ("endpoint_detail", "ve", b"Grant credits"), ("endpoint_detail", "ve", b"+ New key"), ("logical_detail", "lm", b"Add route"),
+    ("members", None, b"Send invitation"), ("org_settings", None, b"Save settings"), ("rates", None, b"Save rate"),
+])
+def test_viewer_sees_no_write_controls(as_role, world, name, obj, hidden):
+    page = as_role(VIEWER).get(_url(name, obj, world["mine"]))
+    assert page.status_code == 200 and hidden not in page.content
+
+
+def test_owner_changes_a_members_role(owner_client, org, members):
+    from routing.models import Membership
+
+    dev = Membership.objects.get(organization=org, user=members[DEVELOPER])
+    owner_client.post(reverse("console:member_role", args=[dev.pk]), {"role": ADMIN})
+    dev.refresh_from_db()
+    assert dev.role == ADMIN
+    owner_client.post(reverse("console:member_remove", args=[dev.pk]))
+    assert not Membership.objects.filter(pk=dev.pk).exists()

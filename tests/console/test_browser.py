@@ -224,6 +224,16 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     page.wait_for_selector("#live-dot.on")  # the live feed's websocket is connected
     shot(page, "12-dashboard")
 
+    # and a member of two organizations switches between them from the sidebar
+    second = factories.make_org("Second Co")
+    factories.make_member(second, role=Role.VIEWER, user=user)
+    page.reload()
+    page.select_option("#org-select", label="Second Co")
+    page.wait_for_selector(".sidebar >> text=Viewer")
+    assert page.locator("#org-select option:checked").inner_text() == "Second Co"
+    page.select_option("#org-select", label="Journey Co")
+    page.wait_for_selector(".sidebar >> text=Owner")
+
     # and the other pages render cleanly at both widths
     for name, link in (("10-members", "Members"), ("11-settings", "Settings"), ("13-models", "Models & routes"),
                        ("14-endpoints", "Virtual Endpoints"), ("15-requests", "Request log"), ("16-providers", "Providers")):
