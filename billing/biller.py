@@ -15,6 +15,7 @@ checkout link before any upstream byte. Embeddings have no output: the prompt al
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from asgiref.sync import sync_to_async
 from redis.exceptions import RedisError
 
 from billing import budget as budgets
+from billing import pricing_media
 from billing.checkout_links import checkout_url
 from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, Settlement
 from billing.money import MICROS_PER_CREDIT
@@ -51,6 +53,7 @@ class RealBiller:
         self.limiter = limiter or make_limiter()
         self.writer = writer or get_writer()
         self.rates = rates or RateBook()
+        self._refreshing: asyncio.Task | None = None
         if hasattr(self.budget, "before_rebuild"):
             self.budget.before_rebuild = self.writer.flush
 
@@ -59,6 +62,8 @@ class RealBiller:
     async def admit(self, ctx: CallContext) -> Admission:
         if ctx.model is None:
             return Admission()
+        if ctx.endpoint in pricing_media.MEDIA_ENDPOINTS:
+            return await self._admit_media(ctx)
         prompt = prompt_tokens(ctx)
         await self.limiter.check(ctx.ve, ctx.key, prompt)
         rates = await self._route_rates(ctx)
@@ -95,9 +100,35 @@ class RealBiller:
             raise exhausted(ctx)
         return Admission(reserved, min(allowed.values()), frozenset(allowed), state)
 
+    async def _admit_media(self, ctx: CallContext) -> Admission:
+        """Images, speech, transcription: hold the units the gateway computed
+        (billing/pricing_media.py), all or nothing (no clamping: an image or a second of
+        audio cannot be cut short to fit), at the most expensive route that can price them."""
+        await self.limiter.check(ctx.ve, ctx.key, 0)
+        units = pricing_media.reservation_units(ctx)
+        try:
+            rates = pricing_media.priceable(ctx.model.name, await self._route_rates(ctx), units)
+        except PricingError as exc:
+            raise not_priced(exc) from None
+        full = max(_micros(r.charge_exact(units)) for r in rates.values())
+        allowed = None if len(rates) == len(ctx.model.routes) else frozenset(rates)
+        if full == 0:
+            return Admission(0, None, allowed, AdmitState(rates, 0))
+        try:
+            reserved = await self.budget.reserve(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id,
+                                                 full=full, minimum=full, **self._limit(ctx))
+        except (OSError, RedisError) as exc:
+            log.error("budget unavailable (%s): refusing request %s", type(exc).__name__, ctx.request_id)
+            raise unavailable() from None
+        if reserved <= 0:
+            raise exhausted(ctx)
+        return Admission(reserved, None, allowed, AdmitState(rates, 0))
+
     async def _route_rates(self, ctx: CallContext) -> dict[int, RouteRates]:
-        if self.rates.stale():
+        if not self.rates.loaded:
             await sync_to_async(self.rates.refresh)()
+        elif self.rates.stale():
+            self._refresh_rates_later()
         markup = ctx.ve.organization.markup
         result, errors = {}, []
         for route in ctx.model.routes:
@@ -109,6 +140,17 @@ class RealBiller:
         if not result:
             raise not_priced(errors[0] if errors else PricingError(f"Model '{ctx.model.name}' has no route."))
         return result
+
+    def _refresh_rates_later(self) -> None:
+        """Reload rates in the background; calls meanwhile use the book they have."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_rates())
+
+    async def _refresh_rates(self) -> None:
+        try:
+            await sync_to_async(self.rates.refresh)()
+        except Exception:
+            log.exception("exchange rates not reloaded; keeping the ones in memory")
 
     def _limit(self, ctx) -> dict:
         return {"key_limit": ctx.key.credit_limit} if self.budget.name == "redis" else {}
