@@ -6,6 +6,8 @@ routes come from the in-process snapshot (routing/cache.py). Endpoints:
     POST /v1/chat/completions   (stream and not)
     POST /v1/embeddings
     GET  /v1/models             (the VE's allowed logical models, within the key's allow-list)
+    POST /v1/images/generations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations
+                                (gateway/media.py: billed per image / per second of audio)
 
 under /v1 (the key names its VE), /<ve_id>/v1, or any path on host <ve_id>.ve.<domain>.
 """
@@ -21,7 +23,7 @@ import time
 from django.conf import settings
 
 from billing.gate import CallContext, Outcome, get_biller
-from gateway import auth, errors, proxy, upstream
+from gateway import auth, errors, media, proxy, upstream
 from gateway.responses import send_assistant_message, send_error, send_json
 from routing.cache import routing_cache
 
@@ -42,6 +44,7 @@ def _new_id_prefix() -> None:
 os.register_at_fork(after_in_child=_new_id_prefix)
 
 _ROUTES = {("POST", CHAT): "chat", ("POST", EMBEDDINGS): "embeddings", ("GET", MODELS): "models"}
+_ROUTES.update(media.ROUTES)
 
 
 class Request:
@@ -115,6 +118,9 @@ class GatewayApp:
             routing_cache.touch_key(key.id)
             if route == "models":
                 await self._models(snapshot, ve, key, req, send)
+                return
+            if route in media.KINDS:
+                await media.handle(route, scope, snapshot, ve, key, req, receive, send)
                 return
             body = await _read_json(receive, req)
             await self._metered(route, snapshot, ve, key, body, req, receive, send)

@@ -73,7 +73,7 @@ def _url(raw: str) -> URL:
 
 async def send(call: HttpCall, provider: ProviderSnap, remaining: float) -> aiohttp.ClientResponse:
     """Send the call; the caller reads and releases the response."""
-    data = json.dumps(call.json).encode() if call.json is not None else None
+    data = json.dumps(call.json).encode() if call.json is not None else call.data
     return await session().request(
         call.method, _url(call.url), data=data, headers=call.headers, timeout=_timeout(provider, remaining),
         allow_redirects=False,

@@ -53,6 +53,7 @@ class HttpCall:
     url: str
     headers: dict[str, str]
     json: Any = None
+    data: bytes | None = None  # a raw body (multipart uploads) when json is None
 
 
 @dataclass(slots=True)
@@ -126,6 +127,20 @@ class Adapter:
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         raise NotImplementedError
+
+    # Media (gateway/media.py): the OpenAI wire format serves them; other kinds refuse with a 400.
+    def images_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
+        raise self.unsupported("image generation")
+
+    def speech_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
+        raise self.unsupported("speech")
+
+    def audio_request(self, target: PhysicalModelSnap, endpoint: str, data: bytes, content_type: str) -> HttpCall:
+        raise self.unsupported("transcription")
+
+    def unsupported(self, what: str) -> UpstreamError:
+        return UpstreamError(400, f"{what.capitalize()} is not supported for this provider kind ({self.kind}).",
+                             transient=False, type="invalid_request_error", code="unsupported_endpoint")
 
 
 # kind -> Adapter instance; each adapter module registers itself (gateway/adapters/__init__.py imports them).

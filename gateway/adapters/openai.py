@@ -138,3 +138,14 @@ class OpenAIAdapter(Adapter):
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         return openai_error(status, body, headers)
+
+    # Media: the body goes as it is (model replaced); Azure inherits these with its own url().
+    def images_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
+        return HttpCall("POST", self.url(target, "images/generations"), self.headers(target), body)
+
+    def speech_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
+        return HttpCall("POST", self.url(target, "audio/speech"), self.headers(target), body)
+
+    def audio_request(self, target: PhysicalModelSnap, endpoint: str, data: bytes, content_type: str) -> HttpCall:
+        headers = {**self.headers(target), "Content-Type": content_type}
+        return HttpCall("POST", self.url(target, f"audio/{endpoint}"), headers, data=data)
