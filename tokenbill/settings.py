@@ -202,6 +202,8 @@ GATEWAY_BREAKER_THRESHOLD = envint("GATEWAY_BREAKER_THRESHOLD", 3)
 GATEWAY_BREAKER_COOLDOWN = envfloat("GATEWAY_BREAKER_COOLDOWN", 30.0)
 # How often a process checks whether the configuration changed (embedded default).
 GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
+# Audio uploads (/v1/audio/transcriptions, /translations): the whole multipart body; OpenAI takes 25 MB files.
+GATEWAY_MAX_UPLOAD_BYTES = envint("GATEWAY_MAX_UPLOAD_BYTES", 26 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,
