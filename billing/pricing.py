@@ -247,6 +247,7 @@ class RateBook:
     def __init__(self, max_age: float = 1.0):
         self.max_age = max_age
         self.loaded_at = 0.0
+        self.loaded = False
         self._rows: dict[tuple[int | None, str], list] = {}
         self._lock = threading.Lock()
 
@@ -259,7 +260,7 @@ class RateBook:
         ):
             rows.setdefault((r[1], r[2]), []).append(Rate(r[2], r[3], r[0], r[1], r[4]))
         with self._lock:
-            self._rows, self.loaded_at = rows, time.monotonic()
+            self._rows, self.loaded_at, self.loaded = rows, time.monotonic(), True
 
     def stale(self) -> bool:
         return time.monotonic() - self.loaded_at > self.max_age

@@ -21,8 +21,9 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
-from django.db import IntegrityError, transaction
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 
 from billing.ledger import post_entry
@@ -34,6 +35,8 @@ log = logging.getLogger("tokenbill.billing")
 INTERVAL = 0.5
 MAX_ROWS = 500
 MAX_BUFFER = 100_000  # beyond this (database down for long) the oldest log rows are dropped
+
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenbill-log-writer")
 
 
 @dataclass(slots=True)
@@ -100,7 +103,15 @@ class LogWriter:
     async def flush(self) -> int:
         if not self.pending():
             return 0
-        return await sync_to_async(self.flush_sync)()
+        # Its own thread, not Django's shared "sync thread": a big batch must never make the
+        # gateway's other sync_to_async work (budget steps, cache reads) wait behind it.
+        return await asyncio.get_running_loop().run_in_executor(_executor, self._flush_in_thread)
+
+    def _flush_in_thread(self) -> int:
+        try:
+            return self.flush_sync()
+        finally:
+            connections.close_all()  # this thread's only; reopened next batch
 
     def flush_sync(self) -> int:
         with self._write_lock:
