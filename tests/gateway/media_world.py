@@ -3,6 +3,7 @@ gateway, with the process's real biller (SQL budget embedded, Redis with REDIS_U
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -65,9 +66,16 @@ def flush() -> None:
         writer.flush_sync()
 
 
-def log_row(request_id: str) -> RequestLog:
-    flush()
-    return RequestLog.objects.get(request_id=request_id)
+def log_row(request_id: str, seconds: float = 5.0) -> RequestLog:
+    """The call's request-log row. A streamed answer settles after its last byte went out:
+    the client may finish reading before the row is queued, so wait for it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        flush()
+        row = RequestLog.objects.filter(request_id=request_id).first()
+        if row is not None or time.monotonic() > deadline:
+            return row or RequestLog.objects.get(request_id=request_id)
+        time.sleep(0.02)
 
 
 def charged(ve) -> int:
