@@ -7,7 +7,7 @@ bytes parse as the format says (a decoder would play silence/noise of the right 
     pcm    raw 24 kHz 16-bit mono (what OpenAI's response_format=pcm sends)
     mp3    MPEG-1 Layer III frames, 48 kHz, 128 kbit/s CBR (384 bytes, 1152 samples = 24 ms each);
            optionally an ID3v2 tag in front and a Xing header frame (VBR files)
-    aac    ADTS frames (AAC LC, 24 kHz mono), 1024 samples each
+    aac    ADTS frames (AAC LC, 16 kHz mono), 1024 samples = 64 ms each
     flac   fLaC + STREAMINFO (total samples) + placeholder frame bytes
     opus   Ogg pages (CRC-32 as the spec says): OpusHead (pre-skip 312), OpusTags, then audio
            pages of 20 ms packets whose granule positions count 48 kHz samples
@@ -58,7 +58,7 @@ def mp3(seconds: float, *, id3: bool = False, xing_frames: int | None = None) ->
     return bytes(out)
 
 
-def aac(seconds: float, rate_index: int = 6, rate: int = 24_000) -> bytes:
+def aac(seconds: float, rate_index: int = 8, rate: int = 16_000) -> bytes:
     frames = int(round(seconds * rate / 1024))
     payload = b"\x21\x00\x49\x90\x02\x19\x00\x23\x80" + b"\x00" * 91
     length = 7 + len(payload)
