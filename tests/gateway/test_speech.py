@@ -15,7 +15,7 @@ from billing.pricing_media import speech_cap_seconds
 from tests.fakes import audio_samples
 from tests.fakes.media_server import MediaFake
 from tests.fakes.openai_server import fail
-from tests.fakes.server import raw_reply
+from tests.fakes.server import FAKE, raw_reply
 from tests.gateway.media_world import AUDIO_COST, RATE, charged, log_row, media_world, micros
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,3 +130,42 @@ def test_speech_without_a_price_is_refused(live_gateway, up):
     with pytest.raises(openai.BadRequestError) as exc:
         world.sdk(live_gateway).audio.speech.create(model="media", voice="alloy", input="hi")
     assert exc.value.code == "model_not_priced" and up.requests == []
+
+
+def test_client_gone_mid_speech_is_charged_for_the_audio_produced(live_gateway, up):
+    # given an upstream that keeps speaking (mp3 frames, 24 ms each) until the client leaves
+    world = media_world([(up, "openai")], "speech")
+    frame = audio_samples.mp3(0.024)
+
+    async def endless(request):
+        resp = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await resp.prepare(request)
+        try:
+            for _ in range(5000):
+                await resp.write(frame * 10)
+                await asyncio.sleep(0.01)
+        except (asyncio.CancelledError, ConnectionResetError):
+            request[FAKE].cancelled += 1
+            raise
+        return resp
+
+    up.script(endless)
+    # when the client reads a little and hangs up
+    with world.sdk(live_gateway).audio.speech.with_streaming_response.create(
+            model="media", voice="alloy", input="x" * 300) as response:
+        got = 0
+        for chunk in response.iter_bytes():
+            got += len(chunk)
+            if got > 20_000:
+                break
+        request_id = response.headers["x-tokenbill-request-id"]
+    # then the call is logged as disconnected and charged for what the gateway relayed
+    row = log_row(request_id)
+    assert row.status == "disconnected"
+    assert Decimal("0.2") < row.audio_seconds < Decimal("20")
+    assert row.charge == micros(row.audio_seconds * PER_SECOND) == charged(world.ve)
+    # and the upstream call was cut too (it stops producing audio nobody hears)
+    deadline = time.monotonic() + 3
+    while not up.cancelled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert up.cancelled == 1
