@@ -217,7 +217,7 @@ def _images_attempt(ctx: CallContext):
             if resp.status >= 300:
                 raise adapter.error_from(resp.status, raw, resp.headers)
         try:
-            payload = json.loads(raw)
+            payload = adapter.images_response(pm, json.loads(raw))
         except ValueError:
             payload = None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):

@@ -132,6 +132,9 @@ class Adapter:
     def images_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
         raise self.unsupported("image generation")
 
+    def images_response(self, target: PhysicalModelSnap, payload: dict) -> dict:
+        return payload  # the OpenAI shape: {"created", "data": [{"url" | "b64_json"}]}
+
     def speech_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
         raise self.unsupported("speech")
 

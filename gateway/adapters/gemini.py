@@ -20,7 +20,7 @@ import uuid
 from contextvars import ContextVar
 from urllib.parse import quote
 
-from gateway.adapters import shapes
+from gateway.adapters import gemini_images, shapes
 from gateway.adapters.base import (
     TRANSIENT_STATUSES,
     Adapter,
@@ -101,6 +101,14 @@ class GeminiAdapter(Adapter):
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         return translate_error(status, body, headers)
+
+    # Imagen models (gateway/adapters/gemini_images.py); speech and transcription stay unsupported.
+    def images_request(self, target: PhysicalModelSnap, body: dict) -> HttpCall:
+        return HttpCall("POST", model_url(target.provider.base_url, body["model"], "predict"), self.headers(target),
+                        gemini_images.translate_request(body))
+
+    def images_response(self, target: PhysicalModelSnap, payload: dict) -> dict:
+        return gemini_images.translate_response(payload)
 
 
 # --- request ------------------------------------------------------------------------------

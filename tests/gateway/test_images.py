@@ -143,7 +143,7 @@ def test_other_modalities_are_refused(live_gateway, up):
 
 
 def test_provider_kind_without_images_is_a_clear_400(live_gateway, up):
-    world = media_world([(up, "anthropic")], "image")
+    world = media_world([(up, "anthropic")], "image")  # Anthropic has no image models
     with pytest.raises(openai.BadRequestError) as exc:
         world.sdk(live_gateway).images.generate(model="media", prompt="x")
     assert "not supported for this provider kind" in exc.value.message
@@ -157,3 +157,42 @@ def test_bad_image_parameters_are_400(live_gateway, up):
         with pytest.raises(openai.BadRequestError):
             sdk.images.generate(model="media", prompt="x", **kwargs)
     assert up.requests == []
+
+
+def test_gemini_imagen_models_answer_in_openai_shape(live_gateway):
+    from tests.fakes.gemini_server import GeminiFake
+    from tests.fakes.server import json_reply
+
+    with GeminiFake(api_key="AIza-img") as gemini:
+        world = media_world([(gemini, "gemini")], "image")
+        # given Imagen answers two images (base64 bytes)
+        gemini.script(json_reply({"predictions": [{"bytesBase64Encoded": "aW1n", "mimeType": "image/png"}] * 2}))
+        sdk = world.sdk(live_gateway)
+        # when
+        raw = sdk.images.with_raw_response.generate(model="media", prompt="a fox", n=2, size="1792x1024",
+                                                    quality="hd")
+        result = raw.parse()
+        # then the OpenAI shape came back, priced like any other image, from :predict with an aspect ratio
+        assert [d.b64_json for d in result.data] == ["aW1n", "aW1n"]
+        assert int(raw.headers["x-tokenbill-charge"]) == cost_charge("1792x1024", "hd", 2)
+        sent = gemini.requests[-1]
+        assert sent.path.endswith("/models/up-image-0:predict") and sent.headers["x-goog-api-key"] == "AIza-img"
+        assert sent.json == {"instances": [{"prompt": "a fox"}], "parameters": {"sampleCount": 2, "aspectRatio": "16:9"}}
+        # and a URL answer, which Imagen cannot give, is a 400 before any upstream call
+        with pytest.raises(openai.BadRequestError):
+            sdk.images.generate(model="media", prompt="x", response_format="url")
+        assert len(gemini.requests) == 1
+
+
+@pytest.mark.parametrize("size,ratio", [(None, "1:1"), ("1024x1024", "1:1"), ("1792x1024", "16:9"),
+                                        ("1024x1792", "9:16"), ("1024x768", "4:3"), ("1536x1024", None)])
+def test_imagen_aspect_ratio_from_size(size, ratio):
+    from gateway.adapters.base import UpstreamError
+    from gateway.adapters.gemini_images import aspect_ratio
+
+    if ratio is None:
+        with pytest.raises(UpstreamError) as exc:
+            aspect_ratio(size)
+        assert exc.value.status == 400 and not exc.value.transient
+    else:
+        assert aspect_ratio(size) == ratio
