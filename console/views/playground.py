@@ -11,7 +11,7 @@ expired. Rows are kept (not deleted) because ledger entries and request logs wri
 after the stream, in batches, point at the key.
 
 The gateway reads keys from its in-process snapshot, which follows config changes within
-GATEWAY_CONFIG_POLL_SECONDS; a 401/404 is retried for up to ~3 s to cover that. The gateway
+GATEWAY_CONFIG_POLL_SECONDS; a 401/404 is retried for up to 10 s to cover that (more under load). The gateway
 base URL is settings.CONSOLE_GATEWAY_URL when set, else this request's origin (the
 embedded default serves the gateway and the console from one ASGI server).
 """
@@ -40,7 +40,7 @@ from routing.services import config_changed, key_create
 TEMPLATE = "console/playground.html"
 KEY_TTL = timedelta(minutes=5)
 REQUEST_ID_HEADER = "x-tokenbill-request-id"
-STARTUP_RETRY_SECONDS = 3.0
+STARTUP_RETRY_SECONDS = 10.0
 # Unknown key (401) or VE/model (404): the gateway's snapshot may not have caught up yet.
 NOT_YET_STATUSES = (401, 404)
 

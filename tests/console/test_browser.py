@@ -92,8 +92,8 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     org = factories.make_org("Journey Co")
     user = factories.make_user("merchant@example.com", password=PASSWORD)
     factories.make_member(org, role=Role.OWNER, user=user)
-    page = chromium_browser.new_page(viewport={"width": 1280, "height": 860})
-    page.add_init_script("window.isSecureContext = false;")
+    context = chromium_browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
     base = server.url
 
     # when they sign in (a wrong password first), they land on the dashboard with the getting-started steps
@@ -190,7 +190,11 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     page.wait_for_selector("dd >> text=100,000")
     shot(page, "07-rates")
 
-    # then the playground streams an answer through the gateway
+    # then, with the dashboard open in a second tab (live feed connected),
+    feed = context.new_page()
+    feed.goto(f"{base}/console/")
+    feed.wait_for_selector("#live-dot.on")
+    # the playground streams an answer through the gateway
     nav(page, "Playground")
     page.fill("#pg-message", "ping from the browser")
     page.click("#pg-send")
@@ -202,6 +206,10 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     assert "ping from the browser" in answer.locator(".out").inner_text()
     answer.locator("[data-charge]").wait_for(timeout=15000)  # with its charge, once billed
     shot(page, "08-playground")
+    # and the call arrived in the other tab's live feed as it was logged
+    feed.wait_for_selector("#live-feed li[data-live]", timeout=15000)
+    assert "chat" in feed.locator("#live-feed li[data-live]").first.inner_text()
+    feed.close()
 
     # and the call appears in the request log, with its route trail in the drawer
     nav(page, "Request log")

@@ -33,6 +33,18 @@ def upstream():
         yield fake
 
 
+def _caught_up() -> None:
+    """Like tests/gateway's make_world: the gateway's snapshot and the biller's rate book
+    see the world just built (both follow changes on their own within a second or so)."""
+    from billing import gate
+    from routing.cache import routing_cache
+
+    routing_cache.refresh_now()
+    book = getattr(gate.get_biller(), "rates", None)
+    if book is not None:
+        book.refresh()
+
+
 def _lines(response) -> list[dict]:
     return [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines() if line]
 
@@ -46,11 +58,13 @@ def test_playground_streams_through_the_gateway_without_storing_a_secret(client,
     lm = factories.make_logical_model(org, name="chat", routes=[pm])
     ve = factories.make_ve(org, models=[lm], credits=100)
     client.force_login(factories.make_member(org, role=Role.DEVELOPER).user)
+    _caught_up()
     # when they send a message from the playground, twice
     for _ in range(2):
         response = client.post(reverse("console:playground_stream"), {"ve": ve.pk, "model": "chat", "message": "hi there",
                                                                         "slot": "0"})
         lines = _lines(response)
+        assert not any("error" in line for line in lines), lines
         # then the answer streams back as deltas, then usage and the request id
         assert "".join(line.get("delta", "") for line in lines) == "Echo: hi there"
         assert lines[-1]["done"] and lines[-1]["usage"]["completion_tokens"] > 0
@@ -69,6 +83,7 @@ def test_playground_reports_gateway_errors(client, gateway, upstream, settings):
     lm = factories.make_logical_model(org, name="chat", routes=[pm])
     ve = factories.make_ve(org, models=[lm], credits=0)  # no credits
     client.force_login(factories.make_member(org, role=Role.DEVELOPER).user)
+    _caught_up()
     lines = _lines(client.post(reverse("console:playground_stream"), {"ve": ve.pk, "model": "chat", "message": "hi"}))
     assert lines[0]["status"] == 429 and lines[0]["error"]
 
