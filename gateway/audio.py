@@ -9,7 +9,7 @@ Per format (the `response_format` of /v1/audio/speech, or the sniffed type of an
     wav   RIFF fmt + data chunk (a streamed data size of 0 or 0xFFFFFFFF: the bytes present)
     opus/ogg  granule position of the last Ogg page (opus: 48 kHz minus pre-skip; vorbis: its rate)
     aac   ADTS frames x 1024 samples (x raw blocks) / rate
-    flac  STREAMINFO total samples / rate
+    flac  STREAMINFO total samples / rate; when 0 (streamed), the last frame header's number
     pcm   raw 24 kHz 16-bit mono, as OpenAI sends it
     mp4/m4a  mvhd duration / timescale;  webm  Segment Info Duration x TimecodeScale
 
@@ -264,14 +264,81 @@ def aac_seconds(data: bytes) -> Decimal:
 
 # --- flac ----------------------------------------------------------------------------------------
 def flac_seconds(data: bytes) -> Decimal:
+    """STREAMINFO's total samples; a streamed encoder leaves it 0 (unknown when the header
+    went out), then the last frame header's frame/sample number says how far the audio got."""
     if data[:4] != b"fLaC" or data[4] & 0x7F != 0:
         raise Unparseable("no STREAMINFO")
     info = data[8:8 + 34]
     rate = (info[10] << 12) | (info[11] << 4) | (info[12] >> 4)
     total = ((info[13] & 0x0F) << 32) | struct.unpack(">I", info[14:18])[0]
-    if not rate or not total:  # a streamed encoder may leave total samples unknown (0)
-        raise Unparseable("STREAMINFO without total samples")
+    if not rate:
+        raise Unparseable("STREAMINFO without a sample rate")
+    if not total:
+        total = _flac_samples_from_last_frame(data, struct.unpack(">H", info[2:4])[0])
     return _seconds(total, rate)
+
+
+def _flac_samples_from_last_frame(data: bytes, max_block: int) -> int:
+    i = data.rfind(b"\xff", 0, len(data) - 1)
+    while i > 4:
+        header = _flac_frame_header(data, i)
+        if header is not None:
+            variable, number, block = header
+            return number + block if variable else number * max_block + block
+        i = data.rfind(b"\xff", 0, i)
+    raise Unparseable("no FLAC frame header")
+
+
+def _flac_frame_header(data: bytes, i: int) -> tuple[bool, int, int] | None:
+    """(variable blocksize, frame or sample number, block size) of a frame header at i whose
+    CRC-8 checks (a false sync inside audio data fails it)."""
+    if i + 6 > len(data) or data[i + 1] & 0xFE != 0xF8 or data[i + 3] & 1:
+        return None
+    block_code, rate_code = data[i + 2] >> 4, data[i + 2] & 0x0F
+    if block_code == 0 or rate_code == 15:
+        return None
+    at, number = _flac_utf8(data, i + 4)
+    if number is None:
+        return None
+    if block_code == 6:
+        block, at = data[at] + 1, at + 1
+    elif block_code == 7:
+        block, at = struct.unpack(">H", data[at:at + 2])[0] + 1, at + 2
+    elif block_code == 1:
+        block = 192
+    elif block_code <= 5:
+        block = 576 << (block_code - 2)
+    else:
+        block = 256 << (block_code - 8)
+    at += {12: 1, 13: 2, 14: 2}.get(rate_code, 0)
+    if at >= len(data) or _crc8(data[i:at]) != data[at]:
+        return None
+    return bool(data[i + 1] & 1), number, block
+
+
+def _flac_utf8(data: bytes, at: int) -> tuple[int, int | None]:
+    first = data[at]
+    if first < 0x80:
+        return at + 1, first
+    # n continuation bytes: the first byte starts with n + 1 ones and a zero (110xxxxx, 1110xxxx, ...)
+    extra = next((n for n in range(1, 7) if first >> (6 - n) == (1 << (n + 2)) - 2), None)
+    if extra is None or at + 1 + extra > len(data):
+        return at + 1, None
+    value = first & (0x3F >> extra)
+    for byte in data[at + 1:at + 1 + extra]:
+        if byte & 0xC0 != 0x80:
+            return at + 1, None
+        value = (value << 6) | (byte & 0x3F)
+    return at + 1 + extra, value
+
+
+def _crc8(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
 
 
 # --- mp4 / webm (uploads) ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ bytes parse as the format says (a decoder would play silence/noise of the right 
     mp3    MPEG-1 Layer III frames, 48 kHz, 128 kbit/s CBR (384 bytes, 1152 samples = 24 ms each);
            optionally an ID3v2 tag in front and a Xing header frame (VBR files)
     aac    ADTS frames (AAC LC, 16 kHz mono), 1024 samples = 64 ms each
-    flac   fLaC + STREAMINFO (total samples) + placeholder frame bytes
+    flac   fLaC + STREAMINFO (total samples, or 0: streamed) + frame headers with CRC-8, placeholder bodies
     opus   Ogg pages (CRC-32 as the spec says): OpusHead (pre-skip 312), OpusTags, then audio
            pages of 20 ms packets whose granule positions count 48 kHz samples
 Durations land on whole frames: ask for a multiple of the frame length for an exact file.
@@ -73,12 +73,41 @@ def aac(seconds: float, rate_index: int = 8, rate: int = 16_000) -> bytes:
     return (header + payload) * frames
 
 
-def flac(seconds: float, rate: int = 24_000) -> bytes:
+def flac(seconds: float, rate: int = 24_000, *, streamed: bool = False) -> bytes:
+    """fLaC, STREAMINFO (total samples, or 0 as a streaming encoder writes it), then frames
+    of 4096 samples (the last one shorter) with real headers: sync, block size and rate
+    codes, UTF-8 frame number, CRC-8; each followed by a placeholder body."""
     total = int(round(seconds * rate))
-    packed = (rate << 44) | (0 << 41) | (15 << 36) | total  # 20 bits rate, 3 channels-1, 5 bps-1, 36 total
+    packed = (rate << 44) | (0 << 41) | (15 << 36) | (0 if streamed else total)  # rate 20 | ch-1 3 | bps-1 5 | total 36
     info = struct.pack(">HH", 4096, 4096) + b"\x00" * 6 + packed.to_bytes(8, "big") + b"\x00" * 16
-    frame = b"\xff\xf8\x69\x08\x00\x00" + b"\x00" * 64  # a frame header's first bytes and a placeholder body
-    return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info + frame * max(total // 4096, 1)
+    out = bytearray(b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info)
+    frames, last = divmod(total, 4096)
+    for number in range(frames + (1 if last else 0)):
+        out += _flac_frame(number, 4096 if number < frames else last)
+    return bytes(out)
+
+
+def _flac_frame(number: int, block: int) -> bytes:
+    rate_code = 0x07  # 24 kHz
+    if block == 4096:
+        header = bytes([0xFF, 0xF8, 0xC0 | rate_code, 0x08]) + _utf8(number)
+    else:  # block size code 7: a 16-bit (size - 1) follows the frame number
+        header = bytes([0xFF, 0xF8, 0x70 | rate_code, 0x08]) + _utf8(number) + struct.pack(">H", block - 1)
+    header += bytes([_crc8(header)])
+    return header + b"\x00" * 48  # placeholder subframe bytes (not decodable audio)
+
+
+def _utf8(value: int) -> bytes:
+    return chr(value).encode("utf-8") if value < 0x110000 else b""
+
+
+def _crc8(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
 
 
 # --- ogg / opus ----------------------------------------------------------------------------------

@@ -63,11 +63,25 @@ def test_pcm_is_24khz_16bit_mono():
     assert audio.measure(b"\x00" * 48_000, "pcm").seconds == Decimal("1.000")
 
 
-def test_flac_without_total_samples_is_estimated():
-    data = bytearray(audio_samples.flac(2.0))
-    data[8 + 13] &= 0xF0
-    data[8 + 14:8 + 18] = b"\x00\x00\x00\x00"
-    measured = audio.measure(bytes(data), "flac")
+@pytest.mark.parametrize("seconds", [0.1, 3.3, 61.44])
+def test_streamed_flac_is_measured_from_its_last_frame_header(seconds):
+    # given FLAC as a streaming encoder writes it: STREAMINFO's total samples is 0
+    data = audio_samples.flac(seconds, streamed=True)
+    # when / then the last frame's number (CRC-8 checked) and block size give the length
+    measured = audio.measure(data, "flac")
+    assert not measured.estimated and measured.seconds == Decimal(str(seconds)).quantize(Decimal("0.001"))
+
+
+def test_flac_false_sync_in_the_tail_is_skipped():
+    # a 0xFFF8 inside the last frame's body fails the CRC-8 and is not taken for a header
+    data = audio_samples.flac(2.0, streamed=True) + b"\xff\xf8\xc7\x08\x7f\x00"
+    assert audio.measure(data, "flac").seconds == Decimal("2.000")
+
+
+def test_flac_without_total_samples_or_frames_is_estimated():
+    data = audio_samples.flac(2.0, streamed=True)
+    header_end = 8 + 34
+    measured = audio.measure(data[:header_end] + b"\x00" * 1000, "flac")
     assert measured.estimated
 
 
