@@ -167,3 +167,17 @@ def test_multipart_parser_round_trip():
 def test_multipart_parser_refuses_malformed_bodies(body, content_type):
     with pytest.raises(multipart.MultipartError):
         multipart.parse(body, content_type)
+
+
+def test_large_upload_is_parsed_and_measured_exactly(live_gateway, up):
+    # given an 8 MB mp3 (500 s): parsed and measured in a worker thread (over OFF_LOOP_BYTES)
+    world = media_world([(up, "openai")], "transcription")
+    clip = audio_samples.mp3(500.016)
+    assert len(clip) > 7_000_000
+    raw = world.sdk(live_gateway, timeout=60).audio.transcriptions.with_raw_response.create(
+        model="media", file=("long.mp3", clip))
+    raw.parse()
+    row = log_row(raw.headers["x-tokenbill-request-id"])
+    assert row.audio_seconds == Decimal("500.016")
+    assert row.price_snapshot["reserved"] == row.charge == micros(Decimal("500.016") * PER_SECOND)
+    assert up.requests[-1].files["file"][2] == clip
