@@ -51,7 +51,7 @@ def upload_limit() -> int:
 
 async def handle(route: str, scope, snapshot, ve, key, req, receive, send) -> None:
     """Called by gateway/app.py once the key is authenticated."""
-    from gateway.app import _read_json
+    from gateway.app import _metadata_run_id, _read_json
 
     if route in ("images", "speech"):
         body, form = await _read_json(receive, req), None
@@ -64,7 +64,7 @@ async def handle(route: str, scope, snapshot, ve, key, req, receive, send) -> No
     reserve, upload = await _validate(route, body, form)
     endpoint, modality = KINDS[route]
     ctx = CallContext(request_id=req.request_id, endpoint=endpoint, ve=ve, key=key, model=None, body=body,
-                      stream=route == "speech", run_id=req.run_id, started_at=time.time(), requested_model=name,
+                      stream=route == "speech", run_id=req.run_id or _metadata_run_id(body), started_at=time.time(), requested_model=name,
                       extra={"reserve_units": reserve})
     await _resolve(ctx, snapshot, modality)
     deadline = time.monotonic() + settings.GATEWAY_TOTAL_TIMEOUT

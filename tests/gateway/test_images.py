@@ -196,3 +196,11 @@ def test_imagen_aspect_ratio_from_size(size, ratio):
         assert exc.value.status == 400 and not exc.value.transient
     else:
         assert aspect_ratio(size) == ratio
+
+
+def test_run_id_from_header_reaches_the_request_log(live_gateway, up):
+    world = media_world([(up, "openai")], "image")
+    raw = world.sdk(live_gateway).images.with_raw_response.generate(
+        model="media", prompt="x", extra_headers={"X-TokenBill-Run-Id": "run-images-1"})
+    raw.parse()
+    assert log_row(raw.headers["x-tokenbill-request-id"]).run_id == "run-images-1"
