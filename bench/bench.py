@@ -9,6 +9,7 @@ called directly, the added p50, and streaming time-to-first-byte (sequential, c=
 
     BENCH_DURATION=5      seconds per case
     BENCH_BILLING=on|off|both   the real biller (default), NullBiller, or both runs
+    BENCH_PROFILE=1|stream      cProfile the gateway under c=16 instead (prints the top functions)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
+PROFILE = os.environ.get("BENCH_PROFILE", "")  # "1" or "stream": cProfile the gateway at c=16 only
 CASES = [("non-stream", 1), ("non-stream", 16), ("non-stream", 64), ("stream", 1), ("stream", 16)]
 
 
@@ -129,9 +131,13 @@ def run_once(billing: bool, duration: int) -> None:
                                 stdout=subprocess.DEVNULL, start_new_session=True)
         procs.append(fake)
         app = "tokenbill.asgi:application" if billing else "bench.null_billing_asgi:application"
-        gw = subprocess.Popen([PY, "-m", "uvicorn", app, "--port", str(gw_port), "--workers", "1", "--loop", "uvloop",
-                               "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-                              cwd=ROOT, env=env, start_new_session=True)
+        if PROFILE:  # cProfile the gateway (bench/profile_gateway.py prints the top on SIGTERM)
+            cmd = [PY, "bench/profile_gateway.py", str(gw_port), "0"]
+            env = {**env, "BENCH_BILLING": "on" if billing else "off"}
+        else:
+            cmd = [PY, "-m", "uvicorn", app, "--port", str(gw_port), "--workers", "1", "--loop", "uvloop",
+                   "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        gw = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
         procs.append(gw)
         wait_port(fake_port)
         wait_port(gw_port)
@@ -140,6 +146,9 @@ def run_once(billing: bool, duration: int) -> None:
         wrk(gw_url, key, "bench", 4, False, 2)  # warm-up: snapshot, pools, billing caches
         wrk(direct_url, "sk-bench", "fake-model", 4, False, 1)
         pids = {"gateway": gw.pid, "upstream": fake.pid}
+        if PROFILE:
+            wrk(gw_url, key, "bench", 16, PROFILE == "stream", duration)
+            return
         direct = measure("direct", direct_url, "sk-bench", "fake-model", {"upstream": fake.pid}, duration)
         via = measure("gateway", gw_url, key, "bench", pids, duration)
         rss_mb = int(Path(f"/proc/{gw.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024

@@ -6,6 +6,7 @@
 import cProfile
 import os
 import pstats
+import signal
 import sys
 import threading
 
@@ -22,10 +23,13 @@ def main(port: int, seconds: float) -> None:
         from tokenbill.asgi import application
     server = uvicorn.Server(uvicorn.Config(application, port=port, loop="uvloop", http="httptools",
                                            access_log=False, log_level="warning"))
-    threading.Timer(seconds, lambda: setattr(server, "should_exit", True)).start()
+    if seconds > 0:  # else: until SIGTERM (uvicorn stops cleanly, then the stats print)
+        threading.Timer(seconds, lambda: setattr(server, "should_exit", True)).start()
+    # uvicorn re-raises the SIGTERM it caught once it has stopped: let that one be a no-op.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     profiler = cProfile.Profile()
     profiler.runcall(server.run)
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "45")))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ in a currency without an exchange rate is refused the same way.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from billing.money import to_micros
 from routing.snapshot import LogicalModelSnap, RouteSnap
 
 MTOK = Decimal(1_000_000)
+MICROS = 1_000_000
 ZERO = Decimal(0)
 TOKEN_COMPONENTS = ("input", "cached_input", "cache_creation", "output")
 _COST_FIELDS = {
@@ -115,6 +117,21 @@ class RouteRates:
     sale_components: frozenset
     image_prices: dict = field(default_factory=dict)  # the logical model's, credits per image
     price_per_second: Decimal | None = None  # the logical model's, credits per audio second
+    # (input numerator, output numerator, denominator) of micro-credits per token, exact
+    # integers from charge_per: the hot path's charge_micros is two multiplications.
+    _fast: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        (n1, d1), (n2, d2) = (Decimal(self.charge_per["input"]).as_integer_ratio(),
+                              Decimal(self.charge_per["output"]).as_integer_ratio())
+        d = math.lcm(d1, d2)
+        object.__setattr__(self, "_fast", (n1 * (d // d1) * MICROS, n2 * (d // d2) * MICROS, d))
+
+    def charge_micros(self, input_tokens: int, output_tokens: int) -> int:
+        """to_micros(charge_exact(Units(input=.., output=..))) with integers only: the same
+        exact value and the same ceiling (tests/billing/test_pricing.py compares them)."""
+        a, b, d = self._fast
+        return -(-(input_tokens * a + output_tokens * b) // d)
 
     def charge_exact(self, units: Units) -> Decimal:
         total = sum((getattr(units, c) * self.charge_per[c] for c in TOKEN_COMPONENTS), ZERO)

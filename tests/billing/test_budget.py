@@ -304,3 +304,22 @@ async def test_n_choices_hold_n_times_the_output(biller, budget):
     four = await biller.admit(await sync_to_async(world.ctx)(max_tokens=100, n=4))
     # 100 output tokens at 0.2 credit each, four times over
     assert four.reserved - one.reserved == 3 * 100 * 200_000
+
+
+def test_prompt_bound_is_never_below_the_tiktoken_estimate():
+    # given prompts in several scripts, with names, parts and tool calls
+    from billing.biller import prompt_bound, prompt_tokens
+    from billing.gate import CallContext
+
+    texts = ["Say hello", "naïve café ünïcödé " * 30, "日本語のテキストです。" * 20, "🙂🚀 emoji " * 40,
+             "1234567890" * 50, "<|endoftext|> special-looking text", "a" * 3000]
+    for text in texts:
+        body = {"messages": [{"role": "system", "content": text}, {"role": "user", "name": "bob", "content": [
+            {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": "data:x", "detail": "low"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": text}}]}]}
+        ctx = CallContext(request_id="r", endpoint="chat.completions", ve=None, key=None, model=None, body=body)
+        # when / then: the byte bound holds at least what tiktoken counts (with its margin)
+        assert prompt_bound(ctx) >= prompt_tokens(ctx)
+        emb = CallContext(request_id="r", endpoint="embeddings", ve=None, key=None, model=None,
+                          body={"input": [text, text]})
+        assert prompt_bound(emb) >= prompt_tokens(emb)

@@ -85,3 +85,26 @@ def test_sale_prices_need_no_rate():
 def test_credits_currency_is_identity():
     rates = route_rates(model(), route(currency="CREDITS"), Decimal("1"), CREDITS)
     assert price_call(rates, Units(input=1_000_000)).charge == 1_000_000
+
+
+def test_fast_charge_micros_equals_the_reference_computation_over_random_usages():
+    # given routes priced by sale price and by cost x rate x markup, with awkward decimals
+    import random
+
+    from billing.money import to_micros
+
+    rng = random.Random(1234)
+    cases = [
+        route_rates(model(), route("2.5", "10.123456"), Decimal("1.15"), Rate("EUR", Decimal("0.9234567891"), 3, None,
+                                                                                datetime(2024, 1, 1, tzinfo=UTC))),
+        route_rates(model(), route("0.15", "0.6"), Decimal("1"), USD),
+        route_rates(model(input_price_per_mtok="0.333333", output_price_per_mtok="7.77"), route(), Decimal("2"), USD),
+        route_rates(model(input_price_per_mtok="0", output_price_per_mtok="0.000001"), route(), Decimal("1"), None),
+    ]
+    for rates in cases:
+        for _ in range(2000):
+            prompt, output = rng.randrange(0, 2_000_000), rng.randrange(0, 200_000)
+            # when
+            fast = rates.charge_micros(prompt, output)
+            # then
+            assert fast == to_micros(rates.charge_exact(Units(input=prompt, output=output))), (prompt, output)
