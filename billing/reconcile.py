@@ -39,7 +39,13 @@ def post_unposted_charges(now: float | None = None) -> int:
 
     cutoff = (now or time.time()) - RETAIN
     posted = 0
-    for ve_id in budget.known_ves():
+    known = list(budget.known_ves())
+    existing = set(VirtualEndpoint.objects.filter(id__in=known).values_list("id", flat=True))
+    for ve_id in known:
+        if ve_id not in existing:
+            # Redis can outlive a VE (deleted, or a restored database): nothing to post it to.
+            log.warning("Redis holds counters for VE %s, which no longer exists; skipped", ve_id)
+            continue
         old = {rid: v for rid, v in budget.unposted(ve_id).items() if v[2] < cutoff}
         if not old:
             continue

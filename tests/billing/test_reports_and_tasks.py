@@ -115,6 +115,30 @@ async def test_charge_of_a_crashed_process_is_posted_from_redis(biller, budget):
     assert (counters.budget, counters.spend) == await sync_to_async(ledger_sums)(world.ve.pk)
 
 
+async def test_reconcile_skips_redis_counters_of_a_ve_the_database_lacks(budget):
+    if budget.name != "redis":
+        pytest.skip("only Redis can outlive a VE's rows")
+    from billing import reconcile
+    from billing.budget import set_budget
+    from billing.budget_redis import RETAIN
+
+    # given Redis remembers an unposted charge for a VE the database does not have
+    # (a restored database, or a Redis shared with an older deployment)
+    missing = 987654321
+    budget._sync.sadd(f"{budget.p}ves", missing)
+    budget._sync.hset(f"{budget.k_ve(missing)}:unposted", "req_orphan", f":5000:{int(time.time()) - RETAIN - 5}")
+    # when the reconciliation runs
+    set_budget(budget)
+    try:
+        posted = await sync_to_async(reconcile.post_unposted_charges)()
+        drifts = await sync_to_async(reconcile.reconcile_all)()
+    finally:
+        set_budget(None)
+    # then nothing is posted, and nothing fails
+    assert posted == 0 and drifts == []
+    assert not await LedgerEntry.objects.filter(idempotency_key="req_orphan").aexists()
+
+
 def _database_url() -> str:
     db = connection.settings_dict
     if connection.vendor == "sqlite":
