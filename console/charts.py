@@ -83,15 +83,35 @@ def _top(data: dict[str, dict[date, int]]) -> dict[str, dict[date, int]]:
     return top
 
 
+def _axis_credits(micros: int) -> str:
+    """Axis labels are exact (0.0025), where bar tooltips round to cents."""
+    from billing.money import format_credits, format_credits_human
+
+    return format_credits_human(micros) if micros % 1_000_000 == 0 else format_credits(micros)
+
+
+def _nice_ceiling(peak: int, steps: int = 4) -> int:
+    """The smallest axis top >= peak whose `steps` gridlines fall on round numbers
+    (1, 2, 2.5 or 5 x a power of ten), so no two labels read the same."""
+    raw = max(peak, 1) / steps
+    magnitude = 10 ** max(len(str(int(raw))) - 1, 0)
+    for factor in (1, 2, 2.5, 5, 10):
+        step = factor * magnitude
+        if step >= raw:
+            return int(step * steps)
+    return int(10 * magnitude * steps)
+
+
 def stacked_bars(buckets: list[date], data: dict[str, dict[date, int]], *, metric: str, period: str,
                  width: int = 760, height: int = 240) -> Chart:
     from billing.money import format_credits_human
 
     fmt = format_credits_human if metric == "charge" else (lambda v: f"{v:,}")
+    axis_fmt = _axis_credits if metric == "charge" else fmt
     left, bottom, top = 64, 26, 12
     plot_w, plot_h = width - left - 8, height - bottom - top
     totals = [sum(points.get(b, 0) for points in data.values()) for b in buckets]
-    peak = max(totals, default=0) or 1
+    peak = _nice_ceiling(max(totals, default=0))
     slot = plot_w / max(len(buckets), 1)
     bar_w = max(2.0, slot * 0.7)
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(METRICS[metric])} by {period}" '
@@ -99,7 +119,7 @@ def stacked_bars(buckets: list[date], data: dict[str, dict[date, int]], *, metri
     for i in range(5):  # grid lines and y labels
         y = top + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eef0f4"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#667085">{escape(fmt(int(peak * i / 4)))}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#667085">{escape(axis_fmt(peak * i // 4))}</text>')
     legend = []
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(data)}
     for j, bucket in enumerate(buckets):
