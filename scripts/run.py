@@ -60,7 +60,8 @@ def main() -> int:
         supervisor.start("web", [PY, "-m", "uvicorn", "tokenbill.asgi:application", "--host", host,
                                  "--port", str(port), "--lifespan", "on", "--log-level", "info"], env)
         supervisor.start("celery", [PY, "-m", "celery", "-A", "tokenbill", "worker", "-B", "--pool=solo",
-                                    "-l", "info"], env)
+                                    # beat's every-5-seconds flush would bury the banner at "info"
+                                    "-l", os.environ.get("CELERY_LOG_LEVEL", "warning")], env)
         supervisor.wait_for_ports([upstream_port, port])
         _banner(port, demo)
         return supervisor.watch()
