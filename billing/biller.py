@@ -36,6 +36,7 @@ from billing.requestlog import PendingCharge, get_writer
 log = logging.getLogger("tokenbill.billing")
 
 MIN_USEFUL_OUTPUT = 16
+RATES_MAX_AGE = 60.0  # seconds; a rate change reloads at once through the config version
 ESTIMATE_MARGIN = Decimal("1.05")  # prompt counts are estimates for non-OpenAI tokenizers
 
 
@@ -52,7 +53,8 @@ class RealBiller:
         self.budget = budget or budgets.get_budget()
         self.limiter = limiter or make_limiter()
         self.writer = writer or get_writer()
-        self.rates = rates or RateBook()
+        self.rates = rates or RateBook(max_age=RATES_MAX_AGE)
+        self._rates_version = None
         self._refreshing: asyncio.Task | None = None
         self._rates_cache: dict[tuple, tuple] = {}  # (model, route, markup, rate) -> RouteRates
         if hasattr(self.budget, "before_rebuild"):
@@ -133,9 +135,16 @@ class RealBiller:
         return Admission(reserved, None, allowed, AdmitState(rates, 0))
 
     async def _route_rates(self, ctx: CallContext) -> dict[int, RouteRates]:
+        # Rates are configuration: a new one announces itself with config_changed() (billing/
+        # rates.py), which moves the routing snapshot's version. Reload when that moves, and
+        # otherwise at most every RATES_MAX_AGE seconds as a safety net: no SQL per call, nor
+        # every second (the rows carry their effective_from; the lookup picks by time).
+        version = _config_version()
         if not self.rates.loaded:
+            self._rates_version = version
             await sync_to_async(self.rates.refresh)()
-        elif self.rates.stale():
+        elif version != self._rates_version or self.rates.stale():
+            self._rates_version = version
             self._refresh_rates_later()
         markup = ctx.ve.organization.markup
         result, errors = {}, []
@@ -212,6 +221,13 @@ class RealBiller:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+def _config_version():
+    from routing.cache import routing_cache
+
+    snapshot = routing_cache.snapshot
+    return snapshot.version if snapshot is not None else None
+
 
 def _micros(credits: Decimal) -> int:
     from billing.money import to_micros

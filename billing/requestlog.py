@@ -228,6 +228,12 @@ def _notify_written(rows: list[dict]) -> None:
             log.exception("request log listener failed")
 
 
+async def close_writer_connections() -> None:
+    """The writer thread's database connection, at shutdown (it is closed after every batch
+    already; this covers a batch that failed half way)."""
+    await asyncio.get_running_loop().run_in_executor(_executor, connections.close_all)
+
+
 _writer: LogWriter | None = None
 
 

@@ -102,6 +102,7 @@ class GatewayApp:
                 await _billing_shutdown()
                 await routing_cache.stop()
                 await upstream.close()
+                await _close_db_connections()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -184,6 +185,23 @@ async def _billing_shutdown() -> None:
         await shutdown()
     except Exception:
         log.exception("gateway: billing shutdown failed")
+
+
+async def _close_db_connections() -> None:
+    """Close the database connections this process's gateway opened in its helper threads
+    (Django keeps one per thread): the sync_to_async thread and the log writer's. Left
+    open, they keep a session on PostgreSQL after shutdown (tests could not drop their
+    database: "being accessed by other users")."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    try:
+        await sync_to_async(connections.close_all)()
+        from billing.requestlog import close_writer_connections
+
+        await close_writer_connections()
+    except Exception:
+        log.exception("gateway: closing database connections failed")
 
 
 async def _read_json(receive, req: Request) -> dict:

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 
+from billing.money import format_credits
 from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
 from gateway import errors, fallback, upstream
 from gateway.adapters.base import REGISTRY, UpstreamError, Usage
@@ -220,6 +221,22 @@ async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     outcome = Outcome(route=None)
     opened = None
+    settled: list = []  # not empty once settle has started: it runs exactly once
+
+    async def finish():
+        """Settle (once): before `data: [DONE]` on a stream that ended normally, so the
+        charge can go out in an SSE comment; else in the finally below (errors, client gone)."""
+        if settled:
+            return settled[0]
+        settled.append(None)
+        if opened is not None:
+            opened.resp.close()
+            dec = opened.decoder
+            # A cut stream (client gone, upstream failed) is charged for what was generated.
+            outcome.usage = dec.usage or estimate_usage(ctx.body, dec.text, dec.target.upstream_model)
+        settled[0] = await settle(ctx, admission, outcome)
+        return settled[0]
+
     try:
         try:
             opened = await fallback.run(ctx.model, admission, outcome, _stream_attempt(ctx, admission, include_usage),
@@ -228,17 +245,24 @@ async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
             _fail(outcome, exc)
             raise
         outcome.ttfb_ms = int((time.time() - ctx.started_at) * 1000)
-        await _relay(ctx, receive, send, opened, outcome)
+        await _relay(ctx, receive, send, opened, outcome, finish)
     finally:
-        if opened is not None:
-            opened.resp.close()
-            dec = opened.decoder
-            # A cut stream (client gone, upstream failed) is charged for what was generated.
-            outcome.usage = dec.usage or estimate_usage(ctx.body, dec.text, dec.target.upstream_model)
-        await settle(ctx, admission, outcome)
+        if not settled:
+            await finish()
 
 
-async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outcome) -> None:
+def settlement_comment(settlement) -> bytes:
+    """The charge of a stream, known only at its end: an SSE comment line (SDKs skip
+    comments) sent just before `data: [DONE]`. Amounts in credits, like the spec's headers."""
+    if settlement is None:
+        return b""
+    text = f": x-tokenbill-charge={format_credits(settlement.charge)}"
+    if settlement.balance is not None:
+        text += f" x-tokenbill-balance={format_credits(settlement.balance)}"
+    return text.encode() + b"\n\n"
+
+
+async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outcome, finish) -> None:
     relay = asyncio.current_task()
     gone = asyncio.Event()
     watcher = asyncio.create_task(_watch_disconnect(receive, relay, gone))
@@ -255,7 +279,8 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
                 if decoder.done:
                     break
         tail = opened.decoder.close()
-        await send({"type": "http.response.body", "body": _frames(tail, model) + DONE})
+        settlement = await finish()
+        await send({"type": "http.response.body", "body": _frames(tail, model) + settlement_comment(settlement) + DONE})
     except asyncio.CancelledError:
         if not gone.is_set():
             raise
