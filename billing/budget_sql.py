@@ -28,6 +28,10 @@ from billing.models import LedgerEntry, LedgerKind
 from billing.models_usage import DriftReport, Reservation
 from routing.models import AccessKey, VirtualEndpoint
 
+# Half a signed BIGINT: a hold above it can never be paid, and adding it to
+# credit_reserved would overflow the column (SQLite OverflowError, Postgres DataError).
+MAX_HOLD = 2**62
+
 log = logging.getLogger("tokenbill.billing")
 
 
@@ -78,6 +82,10 @@ class SqlBudget:
         return 0
 
     def _hold(self, request_id, ve_id, key_id, amount) -> bool:
+        if amount > MAX_HOLD:
+            # No VE can pay this (max_tokens=10**30): refuse like any unaffordable hold, so
+            # the caller retries with what is available instead of overflowing a BIGINT.
+            return False
         with transaction.atomic():
             if not VirtualEndpoint.objects.filter(_ve_can_pay(amount), pk=ve_id).update(
                 credit_reserved=F("credit_reserved") + amount
