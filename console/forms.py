@@ -21,6 +21,10 @@ from routing.models import (
     VirtualEndpoint,
 )
 
+# Typed credits top out here (the API's grant bound): far below what a BIGINT of
+# micro-credits holds, so sums of a few of them still fit.
+MAX_CREDITS_MICROS = 10**18
+
 
 class CreditsField(forms.CharField):
     """Credits typed by a person -> int micro-credits (exact; at most 6 decimals)."""
@@ -40,6 +44,8 @@ class CreditsField(forms.CharField):
             raise forms.ValidationError(str(exc).capitalize() + ".") from None
         if micros < 0 and not self.allow_negative:
             raise forms.ValidationError("Must not be negative.")
+        if abs(micros) > MAX_CREDITS_MICROS:
+            raise forms.ValidationError(f"At most {format_credits(MAX_CREDITS_MICROS)} credits.")
         return micros
 
     def prepare_value(self, value):

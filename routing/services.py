@@ -353,6 +353,11 @@ def _same_org_models(organization: Organization, models: Iterable[LogicalModel])
 
 # --- access keys ----------------------------------------------------------------------
 
+# One grant is at most 10**12 credits (as the API's schema says); a VE's budget stays below
+# 2**62 micro-credits so the BIGINT counters (max 2**63 - 1) never overflow.
+MAX_GRANT_MICROS = 10**18
+MAX_BUDGET_MICROS = 2**62
+
 KEY_FIELDS = frozenset({"name", "expires_at", "enabled", "credit_limit"})
 
 
@@ -391,6 +396,12 @@ def grant_credits(*, virtual_endpoint: VirtualEndpoint, credits: Decimal | int |
         raise ValidationError({"credits": str(exc)}) from None
     if amount <= 0:
         raise ValidationError({"credits": "Grant a positive number of credits."})
+    if amount > MAX_GRANT_MICROS:
+        raise ValidationError({"credits": "At most 1,000,000,000,000 credits in one grant."})
+    # Checked before the insert, not under the row lock: two racing grants could both pass,
+    # which the headroom left below BIGINT_MAX (2**63 vs 2**62) absorbs.
+    if VirtualEndpoint.objects.filter(pk=virtual_endpoint.pk, credit_budget__gt=MAX_BUDGET_MICROS - amount).exists():
+        raise ValidationError({"credits": "This grant would take the budget past what can be stored."})
     key = idempotency_key or f"grant:{uuid.uuid4().hex}"
     return post_entry(virtual_endpoint=virtual_endpoint, kind=LedgerKind.GRANT, amount=amount, idempotency_key=key,
                       note=note, created_by=created_by)

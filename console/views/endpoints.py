@@ -71,12 +71,15 @@ def _detail_context(request, ve: VirtualEndpoint, **extra) -> dict:
 def endpoint_grant(request, pk: int):
     ve = org_get(VirtualEndpoint.objects, request=request, pk=pk)
     form = GrantForm(request.POST or None)
+    posted = None
     if request.method == "POST" and form.is_valid():
-        posted = services.grant_credits(
+        posted = apply_service(
+            form, services.grant_credits,
             virtual_endpoint=ve, credits=from_micros(form.cleaned_data["credits"]),
             idempotency_key=f"console-grant:{ve.pk}:{form.cleaned_data['token']}",
             note=form.cleaned_data["note"] or "Granted in the console", created_by=request.user,
         )
+    if posted is not None:
         message = "Credits granted." if posted.created else "That grant was already posted."
         return done(request, reverse("console:endpoint_detail", args=[pk]), message)
     return render_form(request, form, title=f"Grant credits to {ve.name}", action=reverse("console:endpoint_grant", args=[pk]),

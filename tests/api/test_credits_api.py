@@ -97,3 +97,18 @@ def test_rate_in_force_uses_the_rate_effective_at_a_time(org):
     assert rate_in_force(org.pk, "USD").credits_per_unit == Decimal("200")
     assert rate_in_force(org.pk, "USD", at=now - timedelta(days=5)).credits_per_unit == Decimal("100")
     assert rate_in_force(org.pk, "USD", at=now + timedelta(days=2)).credits_per_unit == Decimal("300")
+
+
+def test_grants_cannot_overflow_the_budget_counter(api, org):
+    # given: a budget within one maximal grant of the storable ceiling
+    from routing.models import VirtualEndpoint
+
+    ve = factories.make_ve(org)
+    VirtualEndpoint.objects.filter(pk=ve.pk).update(credit_budget=2**62 - 10**17)
+    path = f"/virtual-endpoints/{ve.public_id}/grants"
+    # when
+    response = api.post(path, {"credits": "999999999999"})
+    # then: a 4xx naming the field, never a 500 from the database
+    assert response.status_code == 400, response.content
+    assert "credits" in response.json()["errors"]
+    assert not LedgerEntry.objects.filter(virtual_endpoint=ve).exists()
