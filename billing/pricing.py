@@ -120,18 +120,19 @@ class RouteRates:
     # (input numerator, output numerator, denominator) of micro-credits per token, exact
     # integers from charge_per: the hot path's charge_micros is two multiplications.
     _fast: tuple = field(default=(), init=False, repr=False, compare=False)
+    _snapshot: list = field(default_factory=list, init=False, repr=False, compare=False)  # price_snapshot, once
 
     def __post_init__(self):
-        (n1, d1), (n2, d2) = (Decimal(self.charge_per["input"]).as_integer_ratio(),
-                              Decimal(self.charge_per["output"]).as_integer_ratio())
-        d = math.lcm(d1, d2)
-        object.__setattr__(self, "_fast", (n1 * (d // d1) * MICROS, n2 * (d // d2) * MICROS, d))
+        ratios = [Decimal(self.charge_per[c]).as_integer_ratio() for c in TOKEN_COMPONENTS]
+        d = math.lcm(*(den for _, den in ratios))
+        object.__setattr__(self, "_fast", (*(num * (d // den) * MICROS for num, den in ratios), d))
 
-    def charge_micros(self, input_tokens: int, output_tokens: int) -> int:
-        """to_micros(charge_exact(Units(input=.., output=..))) with integers only: the same
+    def charge_micros(self, input_tokens: int, output_tokens: int, cached_input: int = 0,
+                      cache_creation: int = 0) -> int:
+        """to_micros(charge_exact(Units(...))) of token units with integers only: the same
         exact value and the same ceiling (tests/billing/test_pricing.py compares them)."""
-        a, b, d = self._fast
-        return -(-(input_tokens * a + output_tokens * b) // d)
+        a, c, w, b, d = self._fast  # TOKEN_COMPONENTS order: input, cached_input, cache_creation, output
+        return -(-(input_tokens * a + cached_input * c + cache_creation * w + output_tokens * b) // d)
 
     def charge_exact(self, units: Units) -> Decimal:
         total = sum((getattr(units, c) * self.charge_per[c] for c in TOKEN_COMPONENTS), ZERO)
@@ -227,8 +228,14 @@ def price_call(rates: RouteRates, units: Units) -> Priced:
     """The one per-call computation; the only rounding is to_micros at the end."""
     cost = rates.cost_exact(units)
     cost_credits = to_micros(cost * rates.rate.credits_per_unit) if rates.rate else 0
-    charge = to_micros(rates.charge_exact(units))
-    return Priced(units, cost, rates.route.physical_model.provider.currency, cost_credits, charge, price_snapshot(rates))
+    if not units.images and not units.audio_seconds:  # tokens only: the integer path, same result
+        charge = rates.charge_micros(units.input, units.output, units.cached_input, units.cache_creation)
+    else:
+        charge = to_micros(rates.charge_exact(units))
+    if not rates._snapshot:  # the same for every call at these rates: built once (callers copy it)
+        rates._snapshot.append(price_snapshot(rates))
+    return Priced(units, cost, rates.route.physical_model.provider.currency, cost_credits, charge,
+                  rates._snapshot[0])
 
 
 def price_snapshot(rates: RouteRates) -> dict:

@@ -41,6 +41,14 @@ end
 return 0
 """
 
+ADD = """
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 't', ARGV[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+return 0
+"""
+
 
 def _window(now: float) -> tuple[int, float]:
     start = int(now // WINDOW) * WINDOW
@@ -90,15 +98,14 @@ class RedisLimiter:
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _client(self):
+        # billing/resp.py: pipelined EVALSHA on one connection per loop (the hot path's client)
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None:
-            import redis.asyncio as aredis
+        client = self._clients.get(loop)
+        if client is None:
+            from billing.resp import FastRedis
 
-            client = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=32, timeout=20))
-            entry = self._clients[loop] = (client, client.register_script(CHECK))
-        return entry
+            client = self._clients[loop] = FastRedis(self.url)
+        return client
 
     def _names(self, ve, key, start) -> list[str]:
         return [f"{self.p}{'ve' if scope.startswith('virtual') else 'key'}:{sid}:{start}" for scope, sid in
@@ -108,10 +115,9 @@ class RedisLimiter:
         if ve.requests_per_minute is None and ve.tokens_per_minute is None:
             return
         start, retry_after = _window(time.time())
-        _, script = self._client()
         rpm = -1 if ve.requests_per_minute is None else ve.requests_per_minute
         tpm = -1 if ve.tokens_per_minute is None else ve.tokens_per_minute
-        failed = await script(keys=self._names(ve, key, start), args=[rpm, tpm, tokens, WINDOW + 5])
+        failed = await self._client().evalsha(CHECK, self._names(ve, key, start), [rpm, tpm, tokens, WINDOW + 5])
         if failed:
             raise RateLimited(retry_after, _scopes(ve, key)[int(failed) - 1][0])
 
@@ -119,12 +125,7 @@ class RedisLimiter:
         if ve.tokens_per_minute is None or tokens <= 0:
             return
         start, _ = _window(time.time())
-        client, _ = self._client()
-        async with client.pipeline(transaction=False) as pipe:
-            for name in self._names(ve, key, start):
-                pipe.hincrby(name, "t", tokens)
-                pipe.expire(name, WINDOW + 5)
-            await pipe.execute()
+        await self._client().evalsha(ADD, self._names(ve, key, start), [tokens, WINDOW + 5])
 
 
 def make_limiter():

@@ -103,8 +103,10 @@ def test_fast_charge_micros_equals_the_reference_computation_over_random_usages(
     ]
     for rates in cases:
         for _ in range(2000):
-            prompt, output = rng.randrange(0, 2_000_000), rng.randrange(0, 200_000)
+            u = Units(input=rng.randrange(0, 2_000_000), output=rng.randrange(0, 200_000),
+                      cached_input=rng.choice([0, rng.randrange(0, 1_000_000)]),
+                      cache_creation=rng.choice([0, rng.randrange(0, 100_000)]))
             # when
-            fast = rates.charge_micros(prompt, output)
-            # then
-            assert fast == to_micros(rates.charge_exact(Units(input=prompt, output=output))), (prompt, output)
+            fast = rates.charge_micros(u.input, u.output, u.cached_input, u.cache_creation)
+            # then: the same micro-credits as the Decimal reference, and price_call agrees
+            assert fast == to_micros(rates.charge_exact(u)) == price_call(rates, u).charge, u
