@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 
 from billing.money import format_credits
@@ -172,7 +173,8 @@ class RouteAdmin(ConfigChangingAdmin):
 
 
 class GrantForm(forms.Form):
-    credits = forms.DecimalField(min_value=Decimal("0.000001"), decimal_places=6, max_digits=24)
+    # At most 10**12 credits, like the API and the console (routing.services.MAX_GRANT_MICROS).
+    credits = forms.DecimalField(min_value=Decimal("0.000001"), decimal_places=6, max_digits=18)
     note = forms.CharField(max_length=500, required=False)
 
 
@@ -205,10 +207,15 @@ class VirtualEndpointAdmin(ConfigChangingAdmin):
     def grant_credits(self, request, queryset):
         form = GrantForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
+            granted = 0
             for endpoint in queryset:
-                services.grant_credits(virtual_endpoint=endpoint, credits=form.cleaned_data["credits"],
-                                       note=form.cleaned_data["note"] or "Granted in admin", created_by=request.user)
-            self.message_user(request, f"Granted {form.cleaned_data['credits']} credits to {queryset.count()} endpoint(s).")
+                try:
+                    services.grant_credits(virtual_endpoint=endpoint, credits=form.cleaned_data["credits"],
+                                           note=form.cleaned_data["note"] or "Granted in admin", created_by=request.user)
+                    granted += 1
+                except ValidationError as exc:  # e.g. the budget would pass what can be stored
+                    self.message_user(request, f"{endpoint}: {' '.join(exc.messages)}", level=messages.ERROR)
+            self.message_user(request, f"Granted {form.cleaned_data['credits']} credits to {granted} endpoint(s).")
             return None
         context = {**self.admin_site.each_context(request), "form": form, "endpoints": queryset,
                    "title": "Grant credits"}

@@ -148,3 +148,22 @@ def test_grant_credits_action_posts_a_ledger_entry(admin_client, org):
     entry = LedgerEntry.objects.get(virtual_endpoint=ve)
     assert (entry.kind, entry.amount, entry.note) == ("grant", 250_500_000, "goodwill")
     assert ve.credit_budget == 250_500_000
+
+
+def test_grant_credits_action_refuses_amounts_the_counters_cannot_hold(admin_client, org):
+    # given: one VE near the storable ceiling, one not
+    from routing.models import VirtualEndpoint
+
+    full, fine = factories.make_ve(org), factories.make_ve(org)
+    VirtualEndpoint.objects.filter(pk=full.pk).update(credit_budget=2**62 - 10**17)
+    url = reverse("admin:routing_virtualendpoint_changelist")
+    # when: a too-large amount, then one that fits only the second VE
+    huge = admin_client.post(url, {"action": "grant_credits", "_selected_action": [fine.pk], "apply": "1",
+                                   "credits": "1" + "0" * 17})
+    both = admin_client.post(url, {"action": "grant_credits", "_selected_action": [full.pk, fine.pk], "apply": "1",
+                                   "credits": "999999999999"}, follow=True)
+    # then: the form refuses the first; the second posts for `fine` only and names `full`
+    assert huge.status_code == 200 and b"errorlist" in huge.content
+    assert both.status_code == 200
+    assert list(LedgerEntry.objects.values_list("virtual_endpoint_id", flat=True)) == [fine.pk]
+    assert any("past what can be stored" in str(m) for m in both.context["messages"])
