@@ -21,7 +21,7 @@ def _signer() -> signing.TimestampSigner:
 
 def checkout_token(ve_public_id: str) -> str:
     # Only the signature part travels: the VE id is already in the URL.
-    return _signer().sign(ve_public_id).split(signing.TimestampSigner().sep, 1)[1]
+    return _signer().sign(ve_public_id)[len(ve_public_id) + len(signing.TimestampSigner().sep):]
 
 
 def checkout_url(ve_public_id: str) -> str:
@@ -31,7 +31,9 @@ def checkout_url(ve_public_id: str) -> str:
 
 def verify_checkout_token(ve_public_id: str, token: str, max_age: int = MAX_AGE_SECONDS) -> bool:
     try:
-        _signer().unsign(f"{ve_public_id}{signing.TimestampSigner().sep}{token}", max_age=max_age)
+        value = _signer().unsign(f"{ve_public_id}{signing.TimestampSigner().sep}{token}", max_age=max_age)
     except (signing.BadSignature, signing.SignatureExpired):
         return False
-    return True
+    # A token that itself holds a separator re-splits the signed text ("a" + "b:ts:sig" is
+    # the signature of "a:b"): it must sign exactly this id, not an id it is a prefix of.
+    return value == ve_public_id
