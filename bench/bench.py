@@ -161,7 +161,7 @@ def run_once(billing: bool, duration: int) -> None:
                 os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             try:
-                p.wait(10)
+                p.wait(60 if PROFILE else 10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         cleanup_redis(env)
