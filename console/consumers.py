@@ -29,6 +29,10 @@ class LiveFeedConsumer(AsyncJsonWebsocketConsumer):
     async def request_logged(self, event):
         await self.send_json({"type": "request", "request": event["payload"]})
 
+    async def request_batch(self, event):
+        for payload in event["payloads"]:
+            await self.send_json({"type": "request", "request": payload})
+
     @database_sync_to_async
     def _org_id(self) -> int | None:
         """The session's current organization, if the user is (still) a member of it."""

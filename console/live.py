@@ -23,6 +23,7 @@ from billing.money import format_credits_human
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "request.logged"
+BATCH_EVENT_TYPE = "request.batch"
 
 
 def requests_group(org_id: int) -> str:
@@ -47,7 +48,9 @@ def request_payload(row) -> dict:
 
 def publish_rows(rows: list[dict]) -> None:
     """A flushed batch of request-log rows (the dicts billing's log writer bulk-creates)
-    to the feed. One query for the VE names of the batch; never raises."""
+    to the feed: one query for the VE names and one channel-layer message per
+    organization for the whole batch (this runs in the gateway process, next to its
+    event loop: a message per row cost more CPU than the call it reported). Never raises."""
     if not rows:
         return
     try:
@@ -55,10 +58,21 @@ def publish_rows(rows: list[dict]) -> None:
 
         ve_ids = {row.get("virtual_endpoint_id") for row in rows}
         names = dict(VirtualEndpoint.objects.filter(pk__in=ve_ids).values_list("pk", "name"))
+        by_org: dict[int, list[dict]] = {}
         for row in rows:
-            publish_request(row["organization_id"], _row_payload(row, names.get(row.get("virtual_endpoint_id"), "")))
+            payload = _row_payload(row, names.get(row.get("virtual_endpoint_id"), ""))
+            by_org.setdefault(row["organization_id"], []).append(payload)
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        async_to_sync(_send_batches)(layer, by_org)
     except Exception as exc:
         log.warning("live feed: could not publish a batch (%s)", type(exc).__name__)
+
+
+async def _send_batches(layer, by_org: dict[int, list[dict]]) -> None:
+    for org_id, payloads in by_org.items():
+        await layer.group_send(requests_group(org_id), {"type": BATCH_EVENT_TYPE, "payloads": payloads})
 
 
 def _row_payload(row: dict, ve_name: str) -> dict:

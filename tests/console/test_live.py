@@ -108,3 +108,44 @@ async def test_flushed_log_rows_reach_the_feed():
     message = (await ws.receive_json_from(timeout=2))["request"]
     assert (message["request_id"], message["ve"], message["charge"], message["tokens"]) == ("req_1", "Feed VE", "2.50", 7)
     await ws.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_flushed_batch_is_one_message_per_organization(monkeypatch):
+    from django.utils import timezone
+
+    from console import live
+
+    # given a batch with three rows of one organization and one of another
+    org = await sync_to_async(factories.make_org)()
+    other = await sync_to_async(factories.make_org)()
+    ve = await sync_to_async(factories.make_ve)(org, name="Busy VE")
+    ve_other = await sync_to_async(factories.make_ve)(other, name="Other VE")
+    member = await sync_to_async(factories.make_member)(org)
+    user = await sync_to_async(lambda: member.user)()
+    ws = _communicator(user, org.pk)
+    assert (await ws.connect())[0]
+    sends = []
+    layer = live.get_channel_layer()
+    real_send = layer.group_send
+
+    async def counting_send(group, message):
+        sends.append(group)
+        await real_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting_send)
+
+    def row(org_id, ve_id, n):
+        return {"organization_id": org_id, "virtual_endpoint_id": ve_id, "request_id": f"req_{n}",
+                "logical_model_name": "chat", "status": "ok", "http_status": 200, "charge": 0,
+                "started_at": timezone.now(), "latency_ms": 1}
+
+    # when it is published
+    await sync_to_async(live.publish_rows)([row(org.pk, ve.pk, 1), row(other.pk, ve_other.pk, 2),
+                                             row(org.pk, ve.pk, 3), row(org.pk, ve.pk, 4)])
+    # then each organization got one channel-layer message, and the tab sees its three rows in order
+    assert sorted(sends) == sorted([live.requests_group(org.pk), live.requests_group(other.pk)])
+    seen = [(await ws.receive_json_from(timeout=2))["request"]["request_id"] for _ in range(3)]
+    assert seen == ["req_1", "req_3", "req_4"]
+    assert await ws.receive_nothing(timeout=0.2)
+    await ws.disconnect()
