@@ -63,9 +63,10 @@ def upstream_body(body: dict, route: RouteSnap, admission: Admission) -> dict:
 def settlement_headers(settlement) -> list[tuple[bytes, bytes]]:
     if settlement is None:
         return []
-    headers = [(b"x-tokenbill-charge", str(settlement.charge).encode())]
+    # Decimal-string credits, like the management API (the Settlement holds micro-credits).
+    headers = [(b"x-tokenbill-charge", format_credits(settlement.charge).encode())]
     if settlement.balance is not None:
-        headers.append((b"x-tokenbill-balance", str(settlement.balance).encode()))
+        headers.append((b"x-tokenbill-balance", format_credits(settlement.balance).encode()))
     return headers
 
 

@@ -11,6 +11,7 @@ from django.conf import settings
 from billing import gate, ledger
 from billing.biller import RealBiller
 from billing.ledger import ledger_sums
+from billing.money import to_micros
 from billing.models import LedgerEntry, RequestLog
 from billing.pricing import RateBook
 from billing.ratelimit import MemoryLimiter
@@ -121,7 +122,10 @@ def test_charge_and_balance_headers_and_request_log(live_gateway, real_biller, u
     entry = LedgerEntry.objects.get(idempotency_key=row.request_id)
     assert row.charge == entry.amount > 0
     assert row.run_id == "run-7" and row.attempts and row.physical_model_id == world.physical.pk
-    assert "x-tokenbill-charge" in raw.headers and "x-tokenbill-balance" in raw.headers
+    # the headers are decimal-string credits, equal to what the ledger says
+    assert to_micros(raw.headers["x-tokenbill-charge"]) == entry.amount
+    ve = VirtualEndpoint.objects.get(pk=world.ve.pk)
+    assert to_micros(raw.headers["x-tokenbill-balance"]) == ve.credit_budget - ve.credit_spend
 
 
 def test_budget_exhausted_error_mode(live_gateway, real_biller, upstream):

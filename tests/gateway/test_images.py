@@ -8,6 +8,8 @@ from decimal import Decimal
 import openai
 import pytest
 
+from billing.money import to_micros
+
 from tests.fakes.media_server import AzureMediaFake, MediaFake
 from tests.fakes.openai_server import fail
 from tests.gateway.media_world import IMAGE_COSTS, RATE, charged, log_row, media_world, micros
@@ -40,7 +42,7 @@ def test_two_images_charged_by_the_price_table(live_gateway, up, size, quality, 
     assert len(result.data) == 2
     assert all((item.url if response_format == "url" else item.b64_json) for item in result.data)
     expected = cost_charge(size, quality, 2)
-    assert int(raw.headers["x-tokenbill-charge"]) == expected
+    assert to_micros(raw.headers["x-tokenbill-charge"]) == expected
     row = log_row(raw.headers["x-tokenbill-request-id"])
     assert (row.images, row.charge, row.endpoint, row.status) == (2, expected, "images.generations", "ok")
     assert row.price_snapshot["reserved"] == expected  # the hold was exact: n x price(size, quality)
@@ -58,7 +60,7 @@ def test_logical_sale_price_wins_over_cost(live_gateway, up):
                                                                     size="1024x1024", quality="standard")
     raw.parse()
     # then 2 x 7.5 credits, whatever the provider cost
-    assert int(raw.headers["x-tokenbill-charge"]) == micros("15")
+    assert to_micros(raw.headers["x-tokenbill-charge"]) == micros("15")
 
 
 def test_partial_answer_charges_only_images_that_arrived(live_gateway, up):
@@ -174,7 +176,7 @@ def test_gemini_imagen_models_answer_in_openai_shape(live_gateway):
         result = raw.parse()
         # then the OpenAI shape came back, priced like any other image, from :predict with an aspect ratio
         assert [d.b64_json for d in result.data] == ["aW1n", "aW1n"]
-        assert int(raw.headers["x-tokenbill-charge"]) == cost_charge("1792x1024", "hd", 2)
+        assert to_micros(raw.headers["x-tokenbill-charge"]) == cost_charge("1792x1024", "hd", 2)
         sent = gemini.requests[-1]
         assert sent.path.endswith("/models/up-image-0:predict") and sent.headers["x-goog-api-key"] == "AIza-img"
         assert sent.json == {"instances": [{"prompt": "a fox"}], "parameters": {"sampleCount": 2, "aspectRatio": "16:9"}}

@@ -128,7 +128,7 @@ def test_openai_non_stream_usage_with_cached_tokens(live_gateway, world_openai, 
                                            "prompt_tokens_details": {"cached_tokens": 60}}))
     r = world_openai.client(f"{live_gateway.url}/v1").chat.completions.with_raw_response.create(
         model="chat", messages=MSG)
-    assert r.headers["x-tokenbill-charge"] == "1234" and r.headers["x-tokenbill-balance"] == "5678"
+    assert r.headers["x-tokenbill-charge"] == "0.001234" and r.headers["x-tokenbill-balance"] == "0.005678"  # credits
     (_, outcome), = biller.wait_settled()
     assert (outcome.usage.input_tokens, outcome.usage.cached_input_tokens, outcome.usage.output_tokens) == (40, 60, 7)
 

@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from billing.money import to_micros
+
 from gateway import multipart
 from tests.fakes import audio_samples
 from tests.fakes.media_server import TRANSCRIPT, MediaFake
@@ -45,7 +47,7 @@ def test_every_format_reserves_exactly_and_settles_the_same(live_gateway, up, fm
     # and the hold was exactly the measured seconds, and so was the charge
     expected = micros(Decimal("7.5") * PER_SECOND)
     row = log_row(raw.headers["x-tokenbill-request-id"])
-    assert row.price_snapshot["reserved"] == row.charge == expected == int(raw.headers["x-tokenbill-charge"])
+    assert row.price_snapshot["reserved"] == row.charge == expected == to_micros(raw.headers["x-tokenbill-charge"])
     assert row.audio_seconds == Decimal("7.500") and row.endpoint == "audio.transcriptions"
     assert charged(world.ve) == expected
 
