@@ -239,20 +239,38 @@ def _validate_chat(body: dict) -> bool:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages")
-    for message in messages:
+    for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise errors.bad_request("Each message must be an object with a 'role'.", param="messages")
+        _validate_content(message.get("content"), f"messages[{i}].content")
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
-    for field in ("max_tokens", "max_completion_tokens", "n"):
+    for field, ceiling in _INT_FIELDS:
         value = body.get(field)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise errors.bad_request(f"'{field}' must be a positive integer.", param=field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling):
+            raise errors.bad_request(f"'{field}' must be an integer from 1 to {ceiling}.", param=field)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
     return stream is True
+
+
+_INT_FIELDS = (("max_tokens", 2**31 - 1), ("max_completion_tokens", 2**31 - 1), ("n", 128))
+
+
+def _validate_content(content, param: str) -> None:
+    """A string, null (assistant tool calls), or a list of typed parts; a text part's text
+    is a string. Anything else is the client's mistake (400), not an upstream failure."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise errors.bad_request(f"'{param}' must be a string or an array of content parts.", param=param)
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise errors.bad_request(f"Each part of '{param}' must be an object with a 'type'.", param=param)
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise errors.bad_request(f"A text part of '{param}' must have a string 'text'.", param=param)
 
 
 def _validate_embeddings(body: dict) -> bool:

@@ -42,6 +42,7 @@ CHAT_BODIES = [
     {"model": "chat", "messages": [{"role": "user", "content": [None]}]},
     {"model": "chat", "messages": [{"role": "user", "content": ["text"]}]},
     {"model": "chat", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+    {"model": "chat", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
     {"model": "chat", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
     {"model": "chat", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}]},
     {"model": "chat", "messages": [{"role": "user", "content": [{"type": 7}]}]},
@@ -194,14 +195,36 @@ def test_malformed_multipart_uploads_are_4xx_never_500(live_gateway, fuzz_world)
     assert not failures, "\n".join(failures)
 
 
-def test_max_tokens_beyond_bigint_is_clamped_to_the_balance_not_a_500(live_gateway, fuzz_world, openai_up):
-    # given: a hold for 10**30 tokens could never be paid (nor stored in a BIGINT)
+def test_max_tokens_beyond_int32_is_a_400_naming_the_field(live_gateway, fuzz_world, openai_up):
     url = f"{live_gateway.url}/{fuzz_world.ve.public_id}/v1/chat/completions"
-    body = {"model": "chat", "messages": MSG, "max_tokens": 10**30}
+    with httpx.Client(timeout=20) as client:
+        for field in ("max_tokens", "max_completion_tokens"):
+            response = _post(client, url, fuzz_world, json={"model": "chat", "messages": MSG, field: 10**30})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["param"] == field
+    assert not openai_up.requests  # refused before any upstream call
+
+
+def test_largest_max_tokens_is_clamped_to_the_balance_not_a_500(live_gateway, fuzz_world, openai_up):
+    # given: a hold for 2**31-1 tokens that the balance could never pay
+    url = f"{live_gateway.url}/{fuzz_world.ve.public_id}/v1/chat/completions"
+    body = {"model": "chat", "messages": MSG, "max_tokens": 2**31 - 1}
     # when
     with httpx.Client(timeout=20) as client:
         response = _post(client, url, fuzz_world, json=body)
     # then: served, with max_tokens clamped to what the balance pays for
     assert response.status_code == 200, response.text
     sent = openai_up.requests[-1].json
-    assert 0 < sent["max_tokens"] < 10**30
+    assert 0 < sent["max_tokens"] < 2**31 - 1
+
+
+def test_content_parts_of_the_wrong_shape_are_a_400_before_any_upstream(live_gateway, fuzz_world, openai_up):
+    url = f"{live_gateway.url}/{fuzz_world.ve.public_id}/v1/chat/completions"
+    bad = [[{"type": "text", "text": 5}], [{"type": 7}], ["text"], {"a": 1}, 5]
+    with httpx.Client(timeout=20) as client:
+        for content in bad:
+            body = {"model": "chat", "messages": [{"role": "user", "content": content}]}
+            response = _post(client, url, fuzz_world, json=body)
+            assert response.status_code == 400, (content, response.text)
+            assert response.json()["error"]["param"] == "messages[0].content"
+    assert not openai_up.requests
