@@ -33,8 +33,10 @@ if GATEWAY_BASE_DOMAIN and "*" not in ALLOWED_HOSTS:
     ALLOWED_HOSTS.append(f".{GATEWAY_BASE_DOMAIN}")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", PUBLIC_BASE_URL)
 
+# daphne is not listed here on purpose: it only replaces `runserver`, and as an app it
+# imports Twisted into every gateway worker (+150 ms start, more memory). Serve with
+# uvicorn (make run, docker-compose) or `daphne tokenbill.asgi:application`.
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
