@@ -208,24 +208,7 @@ async def _read_json(receive, req: Request) -> dict:
     limit = settings.GATEWAY_MAX_BODY_BYTES
     if req.content_length > limit:
         raise errors.too_large(limit)
-    message = await receive()
-    body = message.get("body", b"")
-    if message.get("more_body"):
-        parts, size = [body], len(body)
-        while message.get("more_body"):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise proxy.ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise errors.too_large(limit)
-            parts.append(chunk)
-        body = b"".join(parts)
-    elif message["type"] == "http.disconnect":
-        raise proxy.ClientGone()
-    if len(body) > limit:
-        raise errors.too_large(limit)
+    body = await proxy.read_body(receive, limit)
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):

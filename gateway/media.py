@@ -159,7 +159,7 @@ async def _read_form(scope, receive, req) -> multipart.Form:
         multipart.boundary_of(content_type)
     except multipart.MultipartError as exc:
         raise errors.bad_request(str(exc), code="invalid_multipart") from None
-    body = await _read_limited(receive, limit)
+    body = await proxy.read_body(receive, limit)
     try:
         return await _off_loop(multipart.parse, body, content_type)
     except multipart.MultipartError as exc:
@@ -172,21 +172,6 @@ async def _off_loop(fn, data: bytes, *args):
     if len(data) < OFF_LOOP_BYTES:
         return fn(data, *args)
     return await asyncio.to_thread(fn, data, *args)
-
-
-async def _read_limited(receive, limit: int) -> bytes:
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise proxy.ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise errors.too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
 
 
 # --- images --------------------------------------------------------------------------------------

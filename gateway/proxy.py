@@ -32,6 +32,29 @@ class ClientGone(Exception):
     pass
 
 
+async def read_body(receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) as soon as it passes `limit` bytes."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
+    body = message.get("body", b"")
+    if message.get("more_body"):  # the common one-message body skips the join
+        parts, size = [body], len(body)
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise errors.too_large(limit)
+            parts.append(chunk)
+        body = b"".join(parts)
+    if len(body) > limit:
+        raise errors.too_large(limit)
+    return body
+
+
 # --- usage when the upstream reports none ---------------------------------------------------
 def estimate_usage(body: dict, output_text: str, model: str) -> Usage:
     try:
