@@ -71,6 +71,8 @@ def test_pick_50_see_preview_pay_in_test_mode_and_land_on_success(shop, chromium
     page.wait_for_function("document.querySelector('#preview').innerText.includes('5,000,000')")
     preview = " ".join(page.locator("#preview").inner_text().split())
     assert preview == "$50.00 → + 5,000,000 Credits"
+    # and the typed amount no longer shows beside the $50 it does not apply to
+    assert page.locator("#custom_amount").input_value() == ""
     page.screenshot(path=str(SHOTS / f"checkout-{width}.png"), full_page=True)
     # when they pay securely, in test mode
     page.get_by_role("button", name="Pay securely").click()
