@@ -65,5 +65,11 @@
     main.prepend(t);
     setTimeout(function () { t.remove(); }, 4000);
   });
+  // On a narrow screen the chart scrolls sideways: start at its right end, the newest bars.
+  function showNewestBars() {
+    document.querySelectorAll(".chart").forEach(function (el) { el.scrollLeft = el.scrollWidth; });
+  }
+  document.addEventListener("DOMContentLoaded", showNewestBars);
+  document.addEventListener("htmx:afterSettle", showNewestBars);
   window.TokenBill = { copyText: copyText };
 })();

@@ -231,6 +231,14 @@ def test_merchant_journey_provider_to_playground(chromium_browser, server, upstr
     assert page.locator("#live-feed li").first.inner_text().count("chat") == 1
     page.wait_for_selector("#live-dot.on")  # the live feed's websocket is connected
     shot(page, "12-dashboard")
+    # and on a phone the chart, wider than the screen, opens at its newest bars
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    page.wait_for_load_state("networkidle")
+    scroll = page.evaluate("(() => { const c = document.querySelector('.chart'); "
+                           "return [c.scrollLeft, c.clientWidth, c.scrollWidth]; })()")
+    assert scroll[2] > scroll[1] and scroll[0] + scroll[1] >= scroll[2] - 1, scroll
+    page.set_viewport_size({"width": 1280, "height": 860})
 
     # and a member of two organizations switches between them from the sidebar
     second = factories.make_org("Second Co")
