@@ -6,9 +6,10 @@ console.consumers.LiveFeedConsumer receives it. With the in-memory channel layer
 (embedded default) only consumers in the same process see it; with Redis every process.
 
 The payload must be JSON-safe and contain nothing secret: use `request_payload(log)`.
-`publish_rows(rows)` takes a batch of the row dicts billing's log writer bulk-creates;
-console/apps.py registers it with billing.requestlog.on_written(listener) when billing
-offers that hook (billing must not import console: the dependency points this way).
+`prepare_rows(rows)` takes a batch of the row dicts billing's log writer inserts and
+returns the coroutine that sends it; console/apps.py registers it with
+billing.requestlog.on_written(listener) (billing must not import console: the
+dependency points this way). `publish_rows(rows)` is the same for sync callers.
 """
 
 from __future__ import annotations
@@ -47,25 +48,44 @@ def request_payload(row) -> dict:
 
 
 def publish_rows(rows: list[dict]) -> None:
-    """A flushed batch of request-log rows (the dicts billing's log writer bulk-creates)
-    to the feed: one query for the VE names and one channel-layer message per
-    organization for the whole batch (this runs in the gateway process, next to its
-    event loop: a message per row cost more CPU than the call it reported). Never raises."""
+    """A flushed batch of request-log rows to the feed, from sync code. Never raises."""
+    coroutine = prepare_rows(rows)
+    if coroutine is not None:
+        try:
+            async_to_sync(_guarded)(coroutine)
+        except Exception as exc:  # pragma: no cover - _guarded does not raise
+            log.warning("live feed: could not publish a batch (%s)", type(exc).__name__)
+
+
+def prepare_rows(rows: list[dict]):
+    """billing.requestlog's on_written listener: in the writer's thread, one query for the
+    VE names and the payloads grouped by organization; returns the coroutine that sends
+    one channel-layer message per organization, which the writer awaits on the gateway's
+    event loop (its long-lived channel-layer connection), or None. Never raises: the feed
+    is best-effort, and a message per row cost more CPU than the call it reported."""
     if not rows:
-        return
+        return None
     try:
         from routing.models import VirtualEndpoint
 
+        layer = get_channel_layer()
+        if layer is None:
+            return None
         ve_ids = {row.get("virtual_endpoint_id") for row in rows}
         names = dict(VirtualEndpoint.objects.filter(pk__in=ve_ids).values_list("pk", "name"))
         by_org: dict[int, list[dict]] = {}
         for row in rows:
             payload = _row_payload(row, names.get(row.get("virtual_endpoint_id"), ""))
             by_org.setdefault(row["organization_id"], []).append(payload)
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        async_to_sync(_send_batches)(layer, by_org)
+    except Exception as exc:
+        log.warning("live feed: could not publish a batch (%s)", type(exc).__name__)
+        return None
+    return _guarded(_send_batches(layer, by_org))
+
+
+async def _guarded(coroutine) -> None:
+    try:
+        await coroutine
     except Exception as exc:
         log.warning("live feed: could not publish a batch (%s)", type(exc).__name__)
 

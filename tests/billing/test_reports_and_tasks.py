@@ -207,6 +207,36 @@ def test_a_replayed_batch_posts_each_charge_once():
     assert ledger_sums(ve.pk) == (100_000_000, 3_000_000)
 
 
+async def test_a_listeners_coroutine_runs_on_the_flushing_loop_not_a_new_one(biller):
+    # given a listener that returns a coroutine (as the console's live feed does)
+    import asyncio
+    import threading
+
+    from billing import requestlog
+
+    seen = []
+
+    def listener(rows):
+        async def send():
+            seen.append((asyncio.get_running_loop(), threading.current_thread(), len(rows)))
+        return send()
+
+    requestlog.on_written(listener)
+    try:
+        world = await sync_to_async(make_world)()
+        await _call(biller, world)
+        # when the gateway's loop flushes
+        await biller.writer.flush()
+        # and a sync caller (a Celery task) flushes another batch
+        await _call(biller, world)
+        await sync_to_async(biller.writer.flush_sync)()
+    finally:
+        requestlog._written_listeners.remove(listener)
+    # then the first ran on this loop, in this thread; the sync flush ran its own to completion
+    assert seen[0] == (asyncio.get_running_loop(), threading.current_thread(), 1)
+    assert len(seen) == 2 and seen[1][2] == 1
+
+
 async def test_written_batches_reach_listeners(biller):
     from billing import requestlog
 
