@@ -195,11 +195,12 @@ class RealBiller:
         if settled.charged != charge:
             snapshot["uncollected"] = charge - settled.charged  # usage above the hold, balance could not pay
             log.warning("request %s: charge capped at %s of %s", ctx.request_id, settled.charged, charge)
+        pending = None
         if settled.charged and not settled.posted:
-            self.writer.add(charge=PendingCharge(ctx.ve.id, ctx.key.id, settled.charged, ctx.request_id, snapshot))
+            pending = PendingCharge(ctx.ve.id, ctx.key.id, settled.charged, ctx.request_id, snapshot)
         if priced and priced.units.output:
             await self.limiter.add_tokens(ctx.ve, ctx.key, priced.units.output)
-        self.writer.add(row=log_row(ctx, outcome, priced, settled.charged, snapshot, admission.reserved))
+        self.writer.add(row=log_row(ctx, outcome, priced, settled.charged, snapshot, admission.reserved), charge=pending)
         return Settlement(charge=settled.charged, balance=settled.balance)
 
     def _price(self, ctx, admission, outcome):

@@ -21,7 +21,8 @@ def checkout_catch_up() -> dict:
 
 @shared_task(name="billing.flush_request_logs")
 def flush_request_logs() -> int:
-    """Write request log rows buffered in this worker process (tasks that settle calls)."""
+    """Redis mode: drain the gateways' request-log list into SQL (billing/logspool.py).
+    Embedded default: write the rows buffered in this worker process."""
     from billing.requestlog import get_writer
 
     return get_writer().flush_sync()

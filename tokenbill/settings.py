@@ -153,7 +153,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict = {}  # filled by billing (see billing/apps.py)
 CELERY_BEAT_SCHEDULE["checkout-catch-up"] = {"task": "billing.checkout_catch_up", "schedule": 300.0}
 CELERY_BEAT_SCHEDULE.update({
-    "billing-flush-request-logs": {"task": "billing.flush_request_logs", "schedule": 5.0},
+    "billing-flush-request-logs": {"task": "billing.flush_request_logs", "schedule": 1.0},
     "billing-release-expired-reservations": {"task": "billing.release_expired_reservations", "schedule": 60.0},
     "billing-reconcile-counters": {"task": "billing.reconcile_counters", "schedule": 60.0},
     "billing-rollup-usage": {"task": "billing.rollup_usage", "schedule": 300.0},

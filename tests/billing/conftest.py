@@ -106,7 +106,7 @@ def _drop_billing_redis_keys():
         import redis
 
         client = redis.Redis.from_url(settings.REDIS_URL)
-        for pattern in ("b:*", "rl:*"):
+        for pattern in ("b:*", "rl:*", "logq*"):
             names = list(client.scan_iter(match=settings.REDIS_PREFIX + pattern, count=1000))
             if names:
                 client.delete(*names)

@@ -1,0 +1,232 @@
+"""Redis mode: request log rows leave the gateway process through a Redis list.
+
+With Redis configured the gateway writes no SQL at all, not even off the hot path. Each
+settled call's log row (and, when its charge is not yet in the ledger, the pending ledger
+entry) is encoded as one JSON record; a task per event loop pushes the buffered records
+to the list `<prefix>logq` every INTERVAL seconds (or at MAX_BATCH records) with one
+RPUSH over the budget's pipelined connection (billing/resp.py). The Celery beat task
+`billing.flush_request_logs` drains the list into SQL every second: ledger entries and log
+rows of a batch in one transaction, then LTRIM.
+
+Why: the in-process writer thread (billing/requestlog.py LogWriter, still the embedded
+default's writer) cost the gateway ~0.3 ms of CPU per row and held the GIL against the
+event loop (bench/README.md); an RPUSH of a JSON record costs a few microseconds.
+
+Safety: one drainer at a time (a lock key with expiry). A drainer that dies after its
+commit and before LTRIM leaves the batch to the next one, which writes it again as a
+no-op (log rows are unique by request id, ledger entries by idempotency key). A database
+error leaves the records in Redis for the next run. A gateway that crashes loses at most
+INTERVAL seconds of log rows; their charges are in Redis's unposted records, from which
+the reconciliation posts the ledger entries (billing/budget_redis.py, billing/reconcile.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import weakref
+from datetime import datetime
+from decimal import Decimal
+
+log = logging.getLogger("tokenbill.billing")
+
+INTERVAL = 0.1  # seconds between pushes from a gateway loop
+MAX_BATCH = 500  # records per RPUSH, and per drained SQL transaction
+MAX_BUFFER = 100_000  # records kept in memory while Redis is unreachable (oldest dropped beyond)
+LOCK_SECONDS = 60  # a drainer that died releases the list after this
+
+_DECIMALS = ("audio_seconds", "cost")
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def encode(row: dict | None, charge) -> str:
+    """One record: [row, charge]; the row's decimals as strings, its start time ISO 8601."""
+    if row is not None:
+        row = dict(row)
+        for name in _DECIMALS:
+            if name in row:
+                row[name] = str(row[name])
+        if isinstance(row.get("started_at"), datetime):
+            row["started_at"] = row["started_at"].isoformat()
+    if charge is not None:
+        charge = [charge.ve_id, charge.key_id, charge.amount, charge.request_id, charge.rate_snapshot]
+    return json.dumps([row, charge], separators=(",", ":"))
+
+
+def decode(raw: bytes | str):
+    from billing.requestlog import PendingCharge
+
+    row, charge = json.loads(raw)
+    if row is not None:
+        for name in _DECIMALS:
+            if name in row:
+                row[name] = Decimal(row[name])
+        if isinstance(row.get("started_at"), str):
+            row["started_at"] = datetime.fromisoformat(row["started_at"])
+    return row, PendingCharge(*charge) if charge is not None else None
+
+
+class RedisLogSpool:
+    """The gateway's LogWriter in Redis mode (same add / flush / flush_sync / pending).
+
+    `fast` returns the budget's FastRedis of the running loop; `sync` is a redis.Redis for
+    sync callers (drains, the exit hook)."""
+
+    def __init__(self, fast, sync, prefix: str, interval: float = INTERVAL):
+        self.fast = fast
+        self.sync = sync
+        self.key = f"{prefix}logq"
+        self.lock_key = f"{prefix}logq:lock"
+        self.interval = interval
+        self._buf: list[str] = []
+        self._lock = threading.Lock()
+        self._tasks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._wake: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.written = 0
+
+    # --- the gateway: buffer and push --------------------------------------------------
+
+    def add(self, row: dict | None = None, charge=None) -> None:
+        record = encode(row, charge)
+        with self._lock:
+            self._buf.append(record)
+            size = len(self._buf)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a sync caller: flush_sync (or the exit hook) pushes it
+        task = self._tasks.get(loop)
+        if task is None or task.done():
+            self._wake[loop] = asyncio.Event()
+            self._tasks[loop] = loop.create_task(self._run(self._wake[loop]))
+        if size >= MAX_BATCH:
+            self._wake[loop].set()
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+            try:
+                await self.push()
+            except Exception as exc:  # Redis away: keep the records, try again next tick
+                log.warning("request log push to Redis failed (%s); will retry", type(exc).__name__)
+
+    def _take(self) -> list[str]:
+        with self._lock:
+            records, self._buf = self._buf, []
+        return records
+
+    def _put_back(self, records: list[str]) -> None:
+        with self._lock:
+            self._buf[:0] = records
+            if len(self._buf) > MAX_BUFFER:
+                dropped = len(self._buf) - MAX_BUFFER
+                del self._buf[:dropped]
+                log.error("request log: %d rows dropped (Redis unreachable for long)", dropped)
+
+    async def push(self) -> int:
+        records = self._take()
+        if not records:
+            return 0
+        try:
+            fast = self.fast()
+            for start in range(0, len(records), MAX_BATCH):
+                await fast.execute(b"RPUSH", self.key, *records[start:start + MAX_BATCH])
+        except BaseException:
+            self._put_back(records)  # a partly pushed batch is pushed again: the drain dedups
+            raise
+        return len(records)
+
+    def push_sync(self) -> int:
+        records = self._take()
+        if not records:
+            return 0
+        try:
+            for start in range(0, len(records), MAX_BATCH):
+                self.sync.rpush(self.key, *records[start:start + MAX_BATCH])
+        except BaseException:
+            self._put_back(records)
+            raise
+        return len(records)
+
+    # --- LogWriter's interface -----------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Push what this process buffered, then drain the list into SQL (tests, shutdown,
+        a rebuild of counters: after it, every call settled here is in the database)."""
+        from billing.requestlog import _executor
+
+        await self.push()
+        deferred: list = []
+        written = await asyncio.get_running_loop().run_in_executor(_executor, self._drain_in_thread, deferred)
+        for coroutine in deferred:
+            try:
+                await coroutine
+            except Exception:
+                log.exception("request log listener failed")
+        return written
+
+    def _drain_in_thread(self, deferred: list) -> int:
+        from django.db import connections
+
+        try:
+            return self.drain(deferred)
+        finally:
+            connections.close_all()  # a rare path (not per batch): leave no session behind
+
+    def flush_sync(self, deferred: list | None = None) -> int:
+        self.push_sync()
+        return self.drain(deferred)
+
+    # --- the drainer (Celery task, tests, shutdown) ---------------------------------------
+
+    def drain(self, deferred: list | None = None, max_batches: int = 1000) -> int:
+        """Write queued records to SQL, a batch per transaction, until the list is empty.
+        Returns the rows written; 0 when another drainer holds the lock."""
+        from billing.requestlog import _notify_written, write_batch
+
+        token = secrets.token_hex(8)
+        if not self.sync.set(self.lock_key, token, nx=True, ex=LOCK_SECONDS):
+            return 0
+        written = 0
+        try:
+            for _ in range(max_batches):
+                raw = self.sync.lrange(self.key, 0, MAX_BATCH - 1)
+                if not raw:
+                    break
+                rows, charges = [], []
+                for record in raw:
+                    try:
+                        row, charge = decode(record)
+                    except (ValueError, TypeError, KeyError) as exc:  # never block the queue on one record
+                        log.error("request log: undecodable record dropped (%s)", type(exc).__name__)
+                        continue
+                    if row is not None:
+                        rows.append(row)
+                    if charge is not None:
+                        charges.append(charge)
+                write_batch(rows, charges)
+                self.sync.ltrim(self.key, len(raw), -1)
+                self.sync.expire(self.lock_key, LOCK_SECONDS)
+                written += len(rows)
+                self.written += len(rows)
+                _notify_written(rows, deferred)
+        finally:
+            self.sync.eval(_UNLOCK, 1, self.lock_key, token)
+        return written
+
+    def queued(self) -> int:
+        return int(self.sync.llen(self.key))

@@ -1,0 +1,183 @@
+"""Redis mode's request-log spool (billing/logspool.py): the gateway pushes rows to a
+Redis list, the drain (Celery's flush_request_logs) writes them to SQL exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import OperationalError
+
+from billing.biller import RealBiller
+from billing.gate import Outcome
+from billing.ledger import ledger_sums
+from billing.logspool import RedisLogSpool, decode, encode
+from billing.models import LedgerEntry, RequestLog
+from billing.pricing import RateBook
+from billing.ratelimit import MemoryLimiter
+from billing.requestlog import PendingCharge
+from gateway.adapters.base import Usage
+from tests.billing.conftest import make_budget, make_world
+
+needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="the spool is Redis mode's writer: needs REDIS_URL "
+                                                                 "(the PostgreSQL + Redis pass runs these)")
+
+
+@pytest.fixture
+def redis_budget(transactional_db):
+    budget = make_budget("redis")
+    yield budget
+    budget.delete_all_keys()
+
+
+@pytest.fixture
+def spool(redis_budget):
+    return RedisLogSpool(redis_budget._fast, redis_budget._sync, redis_budget.p, interval=0.05)
+
+
+@pytest.fixture
+def spool_biller(redis_budget, spool):
+    return RealBiller(budget=redis_budget, limiter=MemoryLimiter(), writer=spool, rates=RateBook())
+
+
+async def _call(biller, world, output=10):
+    ctx = await sync_to_async(world.ctx)()
+    admission = await biller.admit(ctx)
+    outcome = Outcome(route=ctx.model.routes[0], usage=Usage(input_tokens=10, output_tokens=output),
+                      attempts=[{"physical_model_id": world.physical.pk, "status": 200}])
+    return ctx, await biller.settle(ctx, admission, outcome)
+
+
+def test_a_record_round_trips_decimals_times_and_the_charge():
+    row = {"request_id": "r1", "cost": Decimal("0.0000123456"), "audio_seconds": Decimal("1.250"),
+           "started_at": datetime(2026, 11, 24, 5, 30, 1, 123456, tzinfo=UTC), "price_snapshot": {"rate": "100"},
+           "attempts": [{"status": 200}], "charge": 7}
+    charge = PendingCharge(3, None, 7, "r1", {"rate": "100"})
+    assert decode(encode(row, charge)) == (row, charge)
+    assert decode(encode(row, None)) == (row, None)
+
+
+@needs_redis
+async def test_calls_reach_sql_only_through_the_drain_and_exactly_once(spool_biller, spool):
+    # given three settled calls
+    world = await sync_to_async(make_world)()
+    ids = [(await _call(spool_biller, world))[0].request_id for _ in range(3)]
+    # when the gateway loop's push task has run (no flush asked for)
+    for _ in range(100):
+        if await sync_to_async(spool.queued)() == 3:
+            break
+        await asyncio.sleep(0.02)
+    # then the rows wait in Redis, none in SQL
+    assert await sync_to_async(spool.queued)() == 3
+    assert await RequestLog.objects.acount() == 0
+    # when Celery's task drains (twice: the second finds nothing)
+    from billing import requestlog, tasks
+
+    requestlog._writer, saved = spool, requestlog._writer
+    try:
+        written = await sync_to_async(tasks.flush_request_logs)()
+        again = await sync_to_async(tasks.flush_request_logs)()
+    finally:
+        requestlog._writer = saved
+    # then rows and ledger entries are in SQL once, and the counters equal the ledger
+    assert (written, again) == (3, 0)
+    assert sorted([r async for r in RequestLog.objects.values_list("request_id", flat=True)]) == sorted(ids)
+    charges = [e async for e in LedgerEntry.objects.filter(kind="charge").values_list("idempotency_key", "amount")]
+    assert sorted(k for k, _ in charges) == sorted(ids) and all(a > 0 for _, a in charges)
+    logged = {r.request_id: r.charge async for r in RequestLog.objects.all()}
+    assert all(logged[k] == a for k, a in charges)
+    counters = await spool_biller.budget.counters(world.ve.pk)
+    assert (counters.budget, counters.spend) == await sync_to_async(ledger_sums)(world.ve.pk)
+    assert await sync_to_async(spool.queued)() == 0
+
+
+@needs_redis
+async def test_a_drainer_that_died_before_trimming_leaves_nothing_doubled(spool_biller, spool, monkeypatch):
+    world = await sync_to_async(make_world)()
+    for _ in range(2):
+        await _call(spool_biller, world)
+    await spool.push()
+    # given a drain that commits and dies before LTRIM
+    real_ltrim = spool.sync.ltrim
+    monkeypatch.setattr(spool.sync, "ltrim", lambda *a: (_ for _ in ()).throw(ConnectionError("killed")))
+    with pytest.raises(ConnectionError):
+        await sync_to_async(spool.drain)()
+    monkeypatch.setattr(spool.sync, "ltrim", real_ltrim)
+    # when the next drain writes the same batch again
+    written = await sync_to_async(spool.drain)()
+    # then each call is one row and one ledger entry; the list is empty
+    assert written == 2
+    assert await RequestLog.objects.acount() == 2
+    assert await LedgerEntry.objects.filter(kind="charge").acount() == 2
+    spend = sum([a async for a in LedgerEntry.objects.filter(kind="charge").values_list("amount", flat=True)])
+    assert (await spool_biller.budget.counters(world.ve.pk)).spend == spend
+    assert await sync_to_async(spool.queued)() == 0
+
+
+@needs_redis
+async def test_a_database_error_keeps_the_rows_in_redis(spool_biller, spool, monkeypatch):
+    world = await sync_to_async(make_world)()
+    await _call(spool_biller, world)
+    await spool.push()
+
+    def down(rows, charges):
+        raise OperationalError("database is down")
+
+    monkeypatch.setattr("billing.requestlog.write_batch", down)
+    with pytest.raises(OperationalError):
+        await sync_to_async(spool.drain)()
+    assert await sync_to_async(spool.queued)() == 1
+    monkeypatch.undo()
+    assert await sync_to_async(spool.drain)() == 1
+    assert await RequestLog.objects.acount() == 1
+
+
+@needs_redis
+async def test_one_drainer_at_a_time(spool_biller, spool):
+    world = await sync_to_async(make_world)()
+    await _call(spool_biller, world)
+    await spool.push()
+    # given another drainer holds the lock
+    await sync_to_async(spool.sync.set)(spool.lock_key, "someone-else", ex=30)
+    # then this one writes nothing and leaves the lock alone
+    assert await sync_to_async(spool.drain)() == 0
+    assert await sync_to_async(spool.sync.get)(spool.lock_key) == b"someone-else"
+    assert await sync_to_async(spool.queued)() == 1
+    await sync_to_async(spool.sync.delete)(spool.lock_key)
+    assert await sync_to_async(spool.drain)() == 1
+
+
+@needs_redis
+async def test_rows_wait_in_memory_while_redis_is_away(spool_biller, spool, monkeypatch):
+    world = await sync_to_async(make_world)()
+    await _call(spool_biller, world)
+    real_fast = spool.fast
+
+    def away():
+        raise ConnectionError("Redis is away")
+
+    spool.fast = away
+    with pytest.raises(ConnectionError):
+        await spool.push()
+    assert spool.pending() == 1
+    # when Redis is back, the next push delivers the row
+    spool.fast = real_fast
+    assert await spool.push() == 1
+    assert await sync_to_async(spool.queued)() == 1
+
+
+@needs_redis
+async def test_the_exit_hook_hands_rows_to_redis_without_sql(spool_biller, spool):
+    from billing.requestlog import _flush_at_exit
+
+    world = await sync_to_async(make_world)()
+    await _call(spool_biller, world)
+    task = spool._tasks.get(asyncio.get_running_loop())
+    task.cancel()  # the loop is gone at exit: only the hook is left
+    await sync_to_async(_flush_at_exit)(spool)
+    assert spool.pending() == 0 and await sync_to_async(spool.queued)() == 1
+    assert await RequestLog.objects.acount() == 0
