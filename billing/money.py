@@ -38,11 +38,13 @@ def from_micros(micros: int) -> Decimal:
 
 
 def format_credits(micros: int) -> str:
-    """The API's decimal-string form of an amount: '1234.5', '0', '-2.000001'."""
-    text = format(from_micros(micros), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
+    """The API's decimal-string form of an amount: '1234.5', '0', '-2.000001'.
+    Integer arithmetic (it runs twice per gateway call, for the response headers)."""
+    whole, frac = divmod(abs(micros), MICROS_PER_CREDIT)
+    sign = "-" if micros < 0 else ""
+    if frac:
+        return f"{sign}{whole}.{frac:06d}".rstrip("0")
+    return f"{sign}{whole}"
 
 
 def format_credits_human(micros: int) -> str:

@@ -110,3 +110,24 @@ def test_fast_charge_micros_equals_the_reference_computation_over_random_usages(
             fast = rates.charge_micros(u.input, u.output, u.cached_input, u.cache_creation)
             # then: the same micro-credits as the Decimal reference, and price_call agrees
             assert fast == to_micros(rates.charge_exact(u)) == price_call(rates, u).charge, u
+
+
+@pytest.mark.parametrize("micros, text", [(0, "0"), (1, "0.000001"), (-2_000_001, "-2.000001"), (1_234_500_000, "1234.5"),
+                                          (5_000_000, "5"), (-1, "-0.000001"), (10**18 + 7, "1000000000000.000007")])
+def test_credit_strings_in_headers(micros, text):
+    from billing.money import format_credits
+
+    assert format_credits(micros) == text
+
+
+def test_integer_credit_strings_equal_the_decimal_reference():
+    import random
+
+    from billing.money import format_credits, from_micros
+
+    rng = random.Random(7)
+    for _ in range(5000):
+        micros = rng.choice([rng.randint(-10**7, 10**7), rng.randint(-10**20, 10**20), rng.randint(0, 10) * 10**6])
+        reference = format(from_micros(micros), "f")
+        reference = (reference.rstrip("0").rstrip(".") if "." in reference else reference) or "0"
+        assert format_credits(micros) == reference, micros
