@@ -10,6 +10,9 @@ called directly, the added p50, and streaming time-to-first-byte (sequential, c=
     BENCH_DURATION=5      seconds per case
     BENCH_BILLING=on|off|both   the real biller (default), NullBiller, or both runs
     BENCH_PROFILE=1|stream      cProfile the gateway under c=16 instead (prints the top functions)
+    BENCH_PROFILE=py-spy        sample every thread of the gateway with py-spy under load
+                                (BENCH_CONNS=16, BENCH_STREAM=0|1)
+                                (bench/pyspy_top.py prints the top; `pip install py-spy` first)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 PROFILE = os.environ.get("BENCH_PROFILE", "")  # "1" or "stream": cProfile the gateway at c=16 only
+PYSPY = PROFILE == "py-spy"
 CASES = [("non-stream", 1), ("non-stream", 16), ("non-stream", 64), ("stream", 1), ("stream", 16)]
 
 
@@ -130,8 +134,8 @@ def run_once(billing: bool, duration: int) -> None:
         fake = subprocess.Popen([PY, "manage.py", "fake_upstream", "--port", str(fake_port)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, start_new_session=True)
         procs.append(fake)
-        app = "tokenbill.asgi:application" if billing else "bench.null_billing_asgi:application"
-        if PROFILE:  # cProfile the gateway (bench/profile_gateway.py prints the top on SIGTERM)
+        app = os.environ.get("BENCH_APP") or ("tokenbill.asgi:application" if billing else "bench.null_billing_asgi:application")
+        if PROFILE and not PYSPY:  # cProfile the gateway (bench/profile_gateway.py prints the top on SIGTERM)
             cmd = [PY, "bench/profile_gateway.py", str(gw_port), "0"]
             env = {**env, "BENCH_BILLING": "on" if billing else "off"}
         else:
@@ -146,6 +150,20 @@ def run_once(billing: bool, duration: int) -> None:
         wrk(gw_url, key, "bench", 4, False, 2)  # warm-up: snapshot, pools, billing caches
         wrk(direct_url, "sk-bench", "fake-model", 4, False, 1)
         pids = {"gateway": gw.pid, "upstream": fake.pid}
+        if PYSPY:
+            out = Path(tmp) / "pyspy.txt"
+            spy = subprocess.Popen([shutil.which("py-spy") or str(Path(PY).parent / "py-spy"), "record", "-p",
+                                    str(gw.pid), "-d", str(duration), "-r", "250", "--threads", "--gil", "--nonblocking", "-f", "raw",
+                                    "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            conns, stream = int(os.environ.get("BENCH_CONNS", "16")), os.environ.get("BENCH_STREAM") == "1"
+            r = wrk(gw_url, key, "bench", conns, stream, duration)
+            spy.wait(30)
+            print(f"gateway c={conns}{' stream' if stream else ''}: {r['requests'] / (r['duration_us'] / 1e6):,.0f} "
+                  "req/s during sampling")
+            subprocess.run([PY, str(ROOT / "bench/pyspy_top.py"), str(out)], check=True)
+            if os.environ.get("BENCH_PYSPY_KEEP"):
+                shutil.copy(out, os.environ["BENCH_PYSPY_KEEP"])
+            return
         if PROFILE:
             wrk(gw_url, key, "bench", 16, PROFILE == "stream", duration)
             return
