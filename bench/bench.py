@@ -9,6 +9,7 @@ called directly, the added p50, and streaming time-to-first-byte (sequential, c=
 
     BENCH_DURATION=5      seconds per case
     BENCH_BILLING=on|off|both   the real biller (default), NullBiller, or both runs
+    BENCH_APP=module:app        serve another ASGI app (diagnostics, e.g. a budget without Redis)
     BENCH_PROFILE=1|stream      cProfile the gateway under c=16 instead (prints the top functions)
     BENCH_PROFILE=py-spy        sample every thread of the gateway with py-spy under load
                                 (BENCH_CONNS=16, BENCH_STREAM=0|1)
@@ -173,6 +174,8 @@ def run_once(billing: bool, duration: int) -> None:
         t_direct = asyncio.run(ttfb(direct_url, "sk-bench", "fake-model"))
         t_gw = asyncio.run(ttfb(gw_url, key, "bench"))
         report(billing, env["REDIS_URL"], direct, via, rss_mb, t_direct, t_gw)
+        if billing and env["REDIS_URL"]:  # the rows the gateway spooled to Redis, as Celery writes them
+            subprocess.run([PY, "bench/drain.py"], cwd=ROOT, env=env, check=True)
     finally:
         for p in procs:
             if p.poll() is None:

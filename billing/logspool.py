@@ -47,7 +47,9 @@ return 0
 
 
 def encode(row: dict | None, charge) -> str:
-    """One record: [row, charge]; the row's decimals as strings, its start time ISO 8601."""
+    """One record: [row, charge]; the row's decimals as strings, its start time ISO 8601.
+    A charge whose rate snapshot is the row's price snapshot less its "reserved" (what the
+    biller writes) carries 0 in its place, so the snapshot is encoded once."""
     if row is not None:
         row = dict(row)
         for name in _DECIMALS:
@@ -56,8 +58,20 @@ def encode(row: dict | None, charge) -> str:
         if isinstance(row.get("started_at"), datetime):
             row["started_at"] = row["started_at"].isoformat()
     if charge is not None:
-        charge = [charge.ve_id, charge.key_id, charge.amount, charge.request_id, charge.rate_snapshot]
+        snapshot = charge.rate_snapshot
+        if row is not None and _same_snapshot(snapshot, row.get("price_snapshot")):
+            snapshot = 0
+        charge = [charge.ve_id, charge.key_id, charge.amount, charge.request_id, snapshot]
     return json.dumps([row, charge], separators=(",", ":"))
+
+
+def _same_snapshot(charge_snapshot: dict, row_snapshot) -> bool:
+    if not isinstance(row_snapshot, dict) or len(row_snapshot) != len(charge_snapshot) + ("reserved" in row_snapshot):
+        return False
+    return all(row_snapshot.get(k, _MISSING) == v for k, v in charge_snapshot.items())
+
+
+_MISSING = object()
 
 
 def decode(raw: bytes | str):
@@ -70,6 +84,8 @@ def decode(raw: bytes | str):
                 row[name] = Decimal(row[name])
         if isinstance(row.get("started_at"), str):
             row["started_at"] = datetime.fromisoformat(row["started_at"])
+    if charge is not None and charge[4] == 0:
+        charge[4] = {k: v for k, v in row["price_snapshot"].items() if k != "reserved"}
     return row, PendingCharge(*charge) if charge is not None else None
 
 
@@ -113,11 +129,15 @@ class RedisLogSpool:
         return len(self._buf)
 
     async def _run(self, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # A timer sets the event rather than wait_for(): Python 3.11's wait_for can
+            # swallow a cancellation that lands as it times out, and this loop never ends.
+            timer = loop.call_later(self.interval, wake.set)
             try:
-                await asyncio.wait_for(wake.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
+                await wake.wait()
+            finally:
+                timer.cancel()
             wake.clear()
             try:
                 await self.push()

@@ -91,11 +91,15 @@ class LogWriter:
             self._wake[loop].set()
 
     async def _run(self, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # A timer sets the event rather than wait_for(): Python 3.11's wait_for can
+            # swallow a cancellation that lands as it times out, and this loop never ends.
+            timer = loop.call_later(self.interval, wake.set)
             try:
-                await asyncio.wait_for(wake.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
+                await wake.wait()
+            finally:
+                timer.cancel()
             wake.clear()
             try:
                 await self.flush()

@@ -59,6 +59,13 @@ def test_a_record_round_trips_decimals_times_and_the_charge():
     charge = PendingCharge(3, None, 7, "r1", {"rate": "100"})
     assert decode(encode(row, charge)) == (row, charge)
     assert decode(encode(row, None)) == (row, None)
+    # the biller's charge snapshot is the row's less "reserved": encoded once, decoded equal
+    row["price_snapshot"] = {"rate": "100", "reserved": 900}
+    assert decode(encode(row, charge)) == (row, charge)
+    assert encode(row, charge).count('"rate"') == 1
+    # a charge with a snapshot of its own keeps it
+    other = PendingCharge(3, None, 7, "r1", {"rate": "101"})
+    assert decode(encode(row, other)) == (row, other)
 
 
 @needs_redis

@@ -98,3 +98,52 @@ def _limiter(make):
     if not settings.REDIS_URL:
         pytest.skip("the Redis rate limiter needs REDIS_URL (run with the PostgreSQL + Redis configuration)")
     return RedisLimiter(settings.REDIS_URL, settings.REDIS_PREFIX + f"t{time.time_ns()}:")
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the Redis limiter and budget need REDIS_URL (the PostgreSQL + "
+                                                     "Redis pass runs this)")
+async def test_a_rate_limited_call_holds_nothing_and_check_and_hold_share_one_round_trip():
+    import asyncio
+    import uuid
+
+    from billing.biller import RealBiller
+    from billing.pricing import RateBook
+    from billing.requestlog import LogWriter
+    from tests.billing.conftest import make_budget
+
+    budget = make_budget("redis")
+    limiter = RedisLimiter(settings.REDIS_URL, settings.REDIS_PREFIX + uuid.uuid4().hex[:6] + ":")
+    biller = RealBiller(budget=budget, limiter=limiter, writer=LogWriter(), rates=RateBook())
+    spans = {}
+
+    def timed(name, fn):
+        async def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                spans[name] = (started, time.perf_counter())
+        return wrapper
+
+    limiter.check = timed("check", limiter.check)
+    budget.reserve = timed("reserve", budget.reserve)
+    try:
+        # given a VE allowing one request a minute
+        world = await sync_to_async(make_world)(ve_kw={"requests_per_minute": 1})
+        ctx = await sync_to_async(world.ctx)()
+        admission = await biller.admit(ctx)
+        settled = await biller.settle(ctx, admission, Outcome(route=ctx.model.routes[0], usage=Usage(10, 0, 0, 5)))
+        # then the check and the hold were in flight together (neither waited for the other)
+        (c0, c1), (r0, r1) = spans["check"], spans["reserve"]
+        assert c0 < r1 and r0 < c1
+        # when the second call of the minute comes
+        ctx = await sync_to_async(world.ctx)()
+        with pytest.raises(RateLimited):
+            await biller.admit(ctx)
+        await asyncio.sleep(0)
+        # then it holds nothing and costs nothing: the hold taken beside the check is released
+        counters = await budget.counters(world.ve.pk)
+        assert (counters.reserved, counters.spend) == (0, settled.charge)
+    finally:
+        budget.delete_all_keys()
+        await biller.writer.flush()
