@@ -18,6 +18,13 @@ no-op (log rows are unique by request id, ledger entries by idempotency key). A 
 error leaves the records in Redis for the next run. A gateway that crashes loses at most
 INTERVAL seconds of log rows; their charges are in Redis's unposted records, from which
 the reconciliation posts the ledger entries (billing/budget_redis.py, billing/reconcile.py).
+
+A Redis that restarts empty must not take undrained charges with it: every push returns
+the list's running totals (records pushed, records drained) and an epoch (a random value
+set once per Redis lifetime). A gateway keeps what it pushed until the drained total
+passes it (normally a second or two; at most MAX_RETAINED records); when the epoch
+changes, Redis lost its data, and the gateway pushes what it kept again. The drain trims
+only within the epoch it read, so it never drops records pushed after a restart.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import secrets
 import threading
 import weakref
+from collections import deque
 from datetime import datetime
 from decimal import Decimal
 
@@ -36,9 +44,31 @@ log = logging.getLogger("tokenbill.billing")
 INTERVAL = 0.1  # seconds between pushes from a gateway loop
 MAX_BATCH = 500  # records per RPUSH, and per drained SQL transaction
 MAX_BUFFER = 100_000  # records kept in memory while Redis is unreachable (oldest dropped beyond)
+MAX_RETAINED = 20_000  # pushed records kept until drained, against a Redis restart (~25 MB)
 LOCK_SECONDS = 60  # a drainer that died releases the list after this
 
 _DECIMALS = ("audio_seconds", "cost")
+
+# KEYS: list, pushed, drained, epoch. ARGV: a new epoch, records... -> {epoch, pushed, drained}
+_PUSH = """
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[4], epoch)
+end
+for i = 2, #ARGV, 200 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 199, #ARGV)))
+end
+local pushed = redis.call('INCRBY', KEYS[2], #ARGV - 1)
+return {epoch, pushed, tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+# KEYS: list, drained, epoch. ARGV: epoch read by the drainer, records written.
+_TRIM = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+redis.call('LTRIM', KEYS[1], ARGV[2], -1)
+return redis.call('INCRBY', KEYS[2], ARGV[2])
+"""
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -100,6 +130,10 @@ class RedisLogSpool:
         self.sync = sync
         self.key = f"{prefix}logq"
         self.lock_key = f"{prefix}logq:lock"
+        self._keys = [self.key, f"{prefix}logq:pushed", f"{prefix}logq:drained", f"{prefix}logq:epoch"]
+        self._epoch: bytes | None = None  # of the Redis our retained records were pushed to
+        self._retained: deque = deque()  # (running total after the batch, records) until drained
+        self._lost_batches: list | None = None
         self.interval = interval
         self._buf: list[str] = []
         self._lock = threading.Lock()
@@ -164,23 +198,63 @@ class RedisLogSpool:
         try:
             fast = self.fast()
             for start in range(0, len(records), MAX_BATCH):
-                await fast.execute(b"RPUSH", self.key, *records[start:start + MAX_BATCH])
+                batch = records[start:start + MAX_BATCH]
+                reply = await fast.evalsha(_PUSH, self._keys, [secrets.token_hex(8), *batch])
+                self._pushed(batch, reply)
         except BaseException:
             self._put_back(records)  # a partly pushed batch is pushed again: the drain dedups
             raise
+        await self._repush_after_restart()
         return len(records)
 
     def push_sync(self) -> int:
         records = self._take()
-        if not records:
+        if not records and not self._lost():
             return 0
         try:
             for start in range(0, len(records), MAX_BATCH):
-                self.sync.rpush(self.key, *records[start:start + MAX_BATCH])
+                batch = records[start:start + MAX_BATCH]
+                self._pushed(batch, self.sync.eval(_PUSH, 4, *self._keys, secrets.token_hex(8), *batch))
         except BaseException:
             self._put_back(records)
             raise
+        lost = self._lost()
+        if lost:
+            self._put_back(lost)
+            return self.push_sync() + len(records)
         return len(records)
+
+    # --- against a Redis restart ------------------------------------------------------------
+
+    def _pushed(self, batch: list[str], reply) -> None:
+        """Keep `batch` until the drained total passes it; note a changed epoch."""
+        epoch = reply[0] if isinstance(reply[0], bytes) else str(reply[0]).encode()
+        pushed, drained = int(reply[1]), int(reply[2])
+        with self._lock:
+            if self._epoch is not None and epoch != self._epoch:
+                # Redis restarted empty: what we kept from before must go again (after this batch).
+                self._lost_batches = [records for _, records in self._retained]
+                self._retained.clear()
+            self._epoch = epoch
+            self._retained.append((pushed, batch))
+            while self._retained and self._retained[0][0] <= drained:
+                self._retained.popleft()
+            kept = sum(len(records) for _, records in self._retained)
+            while kept > MAX_RETAINED and len(self._retained) > 1:
+                kept -= len(self._retained.popleft()[1])
+
+    def _lost(self) -> list[str]:
+        with self._lock:
+            lost = self._lost_batches
+            self._lost_batches = None
+        return [record for records in lost or () for record in records]
+
+    async def _repush_after_restart(self) -> None:
+        lost = self._lost()
+        if lost:
+            log.warning("request log: Redis lost its data; pushing %d undrained records again", len(lost))
+            self._put_back(lost)
+            await self.push()
 
     # --- LogWriter's interface -----------------------------------------------------------
 
@@ -224,8 +298,9 @@ class RedisLogSpool:
         written = 0
         try:
             for _ in range(max_batches):
+                epoch = self.sync.get(self._keys[3])
                 raw = self.sync.lrange(self.key, 0, MAX_BATCH - 1)
-                if not raw:
+                if not raw or epoch is None:
                     break
                 rows, charges = [], []
                 for record in raw:
@@ -239,7 +314,8 @@ class RedisLogSpool:
                     if charge is not None:
                         charges.append(charge)
                 write_batch(rows, charges)
-                self.sync.ltrim(self.key, len(raw), -1)
+                if self.sync.eval(_TRIM, 3, self.key, self._keys[2], self._keys[3], epoch, len(raw)) == -1:
+                    break  # Redis restarted meanwhile: the list is not the one read (the rows are in SQL)
                 self.sync.expire(self.lock_key, LOCK_SECONDS)
                 written += len(rows)
                 self.written += len(rows)

@@ -42,11 +42,18 @@ def upstream():
         yield fake
 
 
-@pytest.fixture(params=["sql", "redis"])
+@pytest.fixture(params=["sql", "redis", "redis-spool"])
 def real_biller(request, transactional_db):
-    """The real biller on a fresh budget (its own Redis prefix), installed in the gateway."""
-    budget = make_budget(request.param)
-    biller = RealBiller(budget=budget, limiter=MemoryLimiter(), writer=LogWriter(interval=0.1), rates=RateBook())
+    """The real biller on a fresh budget (its own Redis prefix), installed in the gateway;
+    "redis-spool" is production's Redis mode: log rows go through the Redis list."""
+    budget = make_budget(request.param.split("-")[0])
+    if request.param == "redis-spool":
+        from billing.logspool import RedisLogSpool
+
+        writer = RedisLogSpool(budget._fast, budget._sync, budget.p, interval=0.1)
+    else:
+        writer = LogWriter(interval=0.1)
+    biller = RealBiller(budget=budget, limiter=MemoryLimiter(), writer=writer, rates=RateBook())
     listener = getattr(budget, "grant_applied", None)
     if listener:
         ledger.on_posted(listener)

@@ -15,6 +15,7 @@ from django.db import OperationalError
 from billing.biller import RealBiller
 from billing.gate import Outcome
 from billing.ledger import ledger_sums
+from billing import logspool
 from billing.logspool import RedisLogSpool, decode, encode
 from billing.models import LedgerEntry, RequestLog
 from billing.pricing import RateBook
@@ -109,11 +110,17 @@ async def test_a_drainer_that_died_before_trimming_leaves_nothing_doubled(spool_
         await _call(spool_biller, world)
     await spool.push()
     # given a drain that commits and dies before LTRIM
-    real_ltrim = spool.sync.ltrim
-    monkeypatch.setattr(spool.sync, "ltrim", lambda *a: (_ for _ in ()).throw(ConnectionError("killed")))
+    real_eval = spool.sync.eval
+
+    def dies_at_trim(script, *args):
+        if script == logspool._TRIM:
+            raise ConnectionError("killed")
+        return real_eval(script, *args)
+
+    monkeypatch.setattr(spool.sync, "eval", dies_at_trim)
     with pytest.raises(ConnectionError):
         await sync_to_async(spool.drain)()
-    monkeypatch.setattr(spool.sync, "ltrim", real_ltrim)
+    monkeypatch.setattr(spool.sync, "eval", real_eval)
     # when the next drain writes the same batch again
     written = await sync_to_async(spool.drain)()
     # then each call is one row and one ledger entry; the list is empty
@@ -188,3 +195,71 @@ async def test_the_exit_hook_hands_rows_to_redis_without_sql(spool_biller, spool
     await sync_to_async(_flush_at_exit)(spool)
     assert spool.pending() == 0 and await sync_to_async(spool.queued)() == 1
     assert await RequestLog.objects.acount() == 0
+
+
+def _restart_redis(budget) -> None:
+    """What a Redis restarted without persistence looks like to us: our keys are gone
+    (the spool's list, totals and epoch are under the budget's prefix in these tests)."""
+    assert budget.delete_all_keys() > 0
+
+
+@needs_redis
+async def test_a_redis_restart_before_the_drain_loses_no_charge(spool_biller, spool, redis_budget):
+    # given calls pushed to Redis and not drained yet
+    world = await sync_to_async(make_world)()
+    before = [(await _call(spool_biller, world))[0].request_id for _ in range(3)]
+    await spool.push()
+    # when Redis comes back empty, and calls go on (the first one rebuilds the counters)
+    _restart_redis(redis_budget)
+    after = [(await _call(spool_biller, world))[0].request_id for _ in range(2)]
+    await spool.push()  # sees the new epoch: what it kept goes again
+    await sync_to_async(spool.drain)()
+    # then every call is in the log and every charge in the ledger, once
+    logged = sorted([r async for r in RequestLog.objects.values_list("request_id", flat=True)])
+    assert logged == sorted(before + after)
+    charged = sorted([k async for k in LedgerEntry.objects.filter(kind="charge").values_list("idempotency_key",
+                                                                                           flat=True)])
+    assert charged == sorted(before + after)
+
+
+@needs_redis
+async def test_what_was_drained_is_not_kept_in_memory(spool_biller, spool):
+    world = await sync_to_async(make_world)()
+    await _call(spool_biller, world)
+    await spool.push()
+    assert sum(len(r) for _, r in spool._retained) == 1
+    await sync_to_async(spool.drain)()
+    # when the next push learns the drained total
+    await _call(spool_biller, world)
+    await spool.push()
+    # then only the undrained record is kept
+    assert sum(len(r) for _, r in spool._retained) == 1
+
+
+@needs_redis
+async def test_a_drain_never_trims_records_pushed_after_a_restart(spool_biller, spool, redis_budget, monkeypatch):
+    world = await sync_to_async(make_world)()
+    await _call(spool_biller, world)
+    await spool.push()
+    # given Redis restarts while a drainer writes its batch, and a new record arrives
+    from billing import requestlog
+
+    real_write = requestlog.write_batch
+
+    async def newcomer():
+        await _call(spool_biller, world)
+        await spool.push()
+
+    def write_then_restart(rows, charges):
+        real_write(rows, charges)
+        _restart_redis(redis_budget)
+        asyncio.run_coroutine_threadsafe(newcomer(), loop).result(10)
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(requestlog, "write_batch", write_then_restart)
+    await sync_to_async(spool.drain, thread_sensitive=False)()
+    monkeypatch.undo()
+    # then the newcomer (and the first call, pushed again) wait in the new list
+    assert await sync_to_async(spool.queued)() >= 1
+    await sync_to_async(spool.drain)()
+    assert await RequestLog.objects.acount() == 2
