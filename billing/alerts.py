@@ -1,6 +1,8 @@
 """Low-balance alerts: one email to the organization's owners and admins, and an optional
 signed webhook to Organization.alert_webhook_url, when a VE's balance falls below its
 low_balance_threshold; not repeated until the balance is back at or above the threshold.
+The webhook goes only to public addresses (tokenbill/netguard.py) unless
+ALERT_WEBHOOK_ALLOW_PRIVATE, and never follows a redirect.
 
 VirtualEndpoint.low_balance_alerted is the latch. It flips with a conditional UPDATE
 (`... WHERE low_balance_alerted = false`), so when many settles cross the threshold at
@@ -21,6 +23,7 @@ import logging
 import time
 
 import httpx
+from django.conf import settings
 from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -28,6 +31,7 @@ from django.utils import timezone
 from billing.checkout_links import checkout_url
 from billing.money import format_credits, format_credits_human
 from routing.models import Membership, Role, VirtualEndpoint
+from tokenbill import netguard
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +130,13 @@ def _post_webhook(ve: VirtualEndpoint, balance: int) -> None:
     headers = {"Content-Type": "application/json"}
     if org.alert_webhook_secret:
         headers[SIGNATURE_HEADER] = sign_payload(body, org.alert_webhook_secret)
+    # Checked again here, not only when the URL was saved: DNS answers change, and the URL
+    # may have been saved before the check existed or through the admin.
     try:
-        httpx.post(org.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS)
-    except httpx.HTTPError as exc:
+        netguard.post(org.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS,
+                      allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
+    except netguard.UnsafeURL as exc:
+        log.warning("low-balance webhook for VE %s refused: %s (%s -> %s)",
+                    ve.pk, exc, netguard.redact(org.alert_webhook_url), exc.address or "-")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         log.warning("low-balance webhook for VE %s failed: %s", ve.pk, exc.__class__.__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 
 from billing.models import ExchangeRate, RequestStatus
@@ -20,6 +21,7 @@ from routing.models import (
     Route,
     VirtualEndpoint,
 )
+from tokenbill import netguard
 
 # Typed credits top out here (the API's grant bound): far below what a BIGINT of
 # micro-credits holds, so sums of a few of them still fit.
@@ -284,6 +286,17 @@ class OrganizationSettingsForm(forms.ModelForm):
         model = Organization
         fields = ["name", "markup", "alert_webhook_url"]
         help_texts = {"markup": "Charge = cost in credits × markup, for models without a sale price. 1.2 = 20% margin."}
+
+    def clean_alert_webhook_url(self):
+        url = self.cleaned_data["alert_webhook_url"]
+        if not url:
+            return url
+        try:
+            netguard.check_url(url, allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
+        except netguard.UnsafeURL as exc:
+            # The reason only, never the resolved address: a form must not map internal DNS.
+            raise forms.ValidationError(f"Refused: {exc}. The webhook must be a public http(s) address.") from None
+        return url
 
 
 class InvitationForm(forms.ModelForm):

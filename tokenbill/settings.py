@@ -196,6 +196,12 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", "")
 # nothing): on by default only in the embedded default (no DATABASE_URL).
 CHECKOUT_TEST_MODE = envbool("CHECKOUT_TEST_MODE", not env("DATABASE_URL", ""))
 
+# --- Alerts -----------------------------------------------------------------------------
+# Low-balance webhooks go only to public addresses (tokenbill/netguard.py). A self-hosted
+# TokenBill whose merchants' webhooks live on its LAN may allow non-public targets
+# (private, loopback, link-local, ...); the cloud metadata addresses stay refused.
+ALERT_WEBHOOK_ALLOW_PRIVATE = envbool("ALERT_WEBHOOK_ALLOW_PRIVATE", False)
+
 # --- Gateway ----------------------------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 GATEWAY_MAX_ATTEMPTS = envint("GATEWAY_MAX_ATTEMPTS", 4)

@@ -16,8 +16,10 @@ CREDIT = 1_000_000
 
 
 @pytest.fixture
-def hook_server():
-    """A merchant's alert endpoint on 127.0.0.1 that records what it receives."""
+def hook_server(settings):
+    """A merchant's alert endpoint on 127.0.0.1 that records what it receives; private
+    webhook targets are allowed for it (tokenbill/netguard.py refuses them by default)."""
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -129,7 +131,8 @@ def test_concurrent_crossings_alert_once(org):
     assert len(_alert_mails()) == 1
 
 
-def test_unreachable_merchant_webhook_does_not_break_the_post(org, django_capture_on_commit_callbacks):
+def test_unreachable_merchant_webhook_does_not_break_the_post(org, settings, django_capture_on_commit_callbacks):
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True  # so the post is tried and fails to connect
     org.alert_webhook_url = "http://127.0.0.1:9/unreachable"
     org.save()
     factories.make_member(org, Role.OWNER)
