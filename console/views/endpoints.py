@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q
+from django.db.models import Count, ProtectedError, Q
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -18,6 +18,7 @@ from routing import services
 
 LIST = "console/endpoints.html"
 DETAIL = "console/endpoint.html"
+CONFIRM_DELETE = "console/confirm_delete.html"
 
 
 @console_view(read=Role.VIEWER)
@@ -54,6 +55,30 @@ def endpoint_edit(request, pk: int):
             return done(request, reverse("console:endpoint_detail", args=[pk]), "Saved.")
     return render_form(request, form, title=f"Edit {ve.name}", action=reverse("console:endpoint_edit", args=[pk]),
                        back=reverse("console:endpoint_detail", args=[pk]))
+
+
+@console_view(read=Role.DEVELOPER, write=Role.DEVELOPER)
+@require_POST
+def endpoint_delete(request, pk: int):
+    """POST opens the confirmation step; POST with confirm=yes deletes, unless the VE has
+    ledger history: the ledger is append-only, so the service refuses (ProtectedError, the
+    API's 409) and the page offers to suspend it instead."""
+    ve = org_get(VirtualEndpoint.objects, request=request, pk=pk)
+    page = {"title": f"Delete Virtual Endpoint “{ve.name}”?", "action": reverse("console:endpoint_delete", args=[pk]),
+            "back": reverse("console:endpoint_detail", args=[pk])}
+    if request.POST.get("confirm") != "yes":
+        page["consequences"] = [
+            f"Its {ve.keys.count()} access key(s) and its request log are deleted; calls with its keys fail at once.",
+            "Only an endpoint without ledger history (grants, top-ups, charges) can be deleted: suspend it otherwise."]
+        return render_page(request, CONFIRM_DELETE, page, partial="_modal")
+    try:
+        services.endpoint_delete(endpoint=ve)
+    except ProtectedError:
+        page.update(refused=f"“{ve.name}” has ledger history (grants, top-ups or charges), which is kept for good. "
+                            "Suspend it instead: its keys stop working and its history stays.",
+                    instead_url=reverse("console:endpoint_edit", args=[pk]), instead_label="Suspend it (edit status)")
+        return render_page(request, CONFIRM_DELETE, page, partial="_modal", status=422)
+    return done(request, reverse("console:endpoints"), f"Virtual Endpoint “{ve.name}” deleted.")
 
 
 @console_view(read=Role.VIEWER)

@@ -1,4 +1,8 @@
-"""Physical models (cost per unit), logical models (sale price) and the routes between them."""
+"""Physical models (cost per unit), logical models (sale price) and the routes between them.
+
+Deleting either asks for confirmation first (console/confirm_delete.html). Neither has a
+guard in the services or the API: a deleted model takes its routes with it, and request
+logs keep their rows (SET_NULL), so the confirmation step says what goes."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from routing import services
 
 TEMPLATE = "console/models.html"
 DETAIL = "console/logical_model.html"
+CONFIRM_DELETE = "console/confirm_delete.html"
 
 
 @console_view(read=Role.VIEWER)
@@ -47,8 +52,26 @@ def physical_edit(request, pk: int):
     if request.method == "POST" and form.is_valid():
         if apply_service(form, services.physical_model_update, physical_model=pm, **fields_of(form, "provider")):
             return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” saved.")
+    form.delete_url = reverse("console:physical_delete", args=[pk])  # form_page.html offers Delete under the form
     return render_form(request, form, title=f"Edit {pm.upstream_model}", action=reverse("console:physical_edit", args=[pk]),
                        back=reverse("console:models"))
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def physical_delete(request, pk: int):
+    """POST opens the confirmation step; POST with confirm=yes deletes."""
+    pm = org_get(PhysicalModel.objects.select_related("provider"), "provider__organization", request=request, pk=pk)
+    if request.POST.get("confirm") != "yes":
+        routed = sorted(pm.routes.values_list("logical_model__name", flat=True))
+        consequences = ([f"It is removed from the routes of: {', '.join(routed)}."] if routed
+                        else ["No logical model routes to it."])
+        context = {"title": f"Delete physical model “{pm.upstream_model}” ({pm.provider.name})?",
+                   "action": reverse("console:physical_delete", args=[pk]), "back": reverse("console:models"),
+                   "consequences": consequences + ["Request logs keep their rows."]}
+        return render_page(request, CONFIRM_DELETE, context, partial="_modal")
+    services.physical_model_delete(physical_model=pm)
+    return done(request, reverse("console:models"), f"Physical model “{pm.upstream_model}” deleted.")
 
 
 @console_view(read=Role.ADMIN, write=Role.ADMIN)
@@ -73,6 +96,23 @@ def logical_edit(request, pk: int):
             return done(request, reverse("console:logical_detail", args=[pk]), "Saved.")
     return render_form(request, form, title=f"Edit {lm.name}", action=reverse("console:logical_edit", args=[pk]),
                        back=reverse("console:logical_detail", args=[pk]))
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def logical_delete(request, pk: int):
+    """POST opens the confirmation step; POST with confirm=yes deletes."""
+    lm = org_get(LogicalModel.objects, request=request, pk=pk)
+    if request.POST.get("confirm") != "yes":
+        n_endpoints = lm.virtual_endpoints.count()
+        context = {"title": f"Delete logical model “{lm.name}”?", "action": reverse("console:logical_delete", args=[pk]),
+                   "back": reverse("console:logical_detail", args=[pk]), "consequences": [
+                       f"Calls to “{lm.name}” fail at once; its {lm.routes.count()} route(s) are deleted.",
+                       f"{n_endpoints} Virtual Endpoint(s) allowing it lose it (and so do their keys).",
+                       "Request logs keep their rows. To stop traffic but keep it, disable it instead."]}
+        return render_page(request, CONFIRM_DELETE, context, partial="_modal")
+    services.logical_model_delete(logical_model=lm)
+    return done(request, reverse("console:models"), f"Logical model “{lm.name}” deleted.")
 
 
 @console_view(read=Role.VIEWER)

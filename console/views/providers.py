@@ -1,4 +1,4 @@
-"""Providers: list, create, edit, enable/disable, test connection. Credentials are
+"""Providers: list, create, edit, enable/disable, delete, test connection. Credentials are
 write-only: the pages say whether one is set, never what it is."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from django.views.decorators.http import require_POST
 from console.access import console_view, org_get
 from console.forms import ProviderForm
 from console.views.common import apply_service, done, render_form, render_page
-from routing.models import Provider, Role
+from routing.models import Provider, Role, Route
 from routing import services
 
 TEMPLATE = "console/providers.html"
+CONFIRM_DELETE = "console/confirm_delete.html"
 
 
 @console_view(read=Role.VIEWER)
@@ -43,6 +44,7 @@ def provider_edit(request, pk: int):
         if apply_service(form, services.provider_update, provider=provider, **form.cleaned_data):
             return done(request, reverse("console:providers"), f"Provider “{provider.name}” saved.")
     intro = "An API key is set; type a new one to replace it." if provider.has_credentials else "No API key set yet."
+    form.delete_url = reverse("console:provider_delete", args=[pk])  # form_page.html offers Delete under the form
     return render_form(request, form, title=f"Edit {provider.name}", action=reverse("console:provider_edit", args=[pk]),
                        back=reverse("console:providers"), intro=intro)
 
@@ -54,6 +56,25 @@ def provider_toggle(request, pk: int):
     services.provider_update(provider=provider, enabled=not provider.enabled)
     state = "enabled" if provider.enabled else "disabled"
     return done(request, reverse("console:providers"), f"Provider “{provider.name}” {state}.")
+
+
+@console_view(read=Role.ADMIN, write=Role.ADMIN)
+@require_POST
+def provider_delete(request, pk: int):
+    """POST opens the confirmation step; POST with confirm=yes deletes. The service has no
+    guard here (the API's has none either): the provider's models and their routes go with it."""
+    provider = org_get(Provider.objects, request=request, pk=pk)
+    if request.POST.get("confirm") != "yes":
+        n_models = provider.physical_models.count()
+        n_routes = Route.objects.filter(physical_model__provider=provider).count()
+        context = {"title": f"Delete provider “{provider.name}”?", "action": reverse("console:provider_delete", args=[pk]),
+                   "back": reverse("console:providers"), "consequences": [
+                       f"Its {n_models} physical model(s) and the {n_routes} route(s) to them are deleted too.",
+                       "Request logs keep their rows.",
+                       "To stop traffic but keep the configuration, disable it instead."]}
+        return render_page(request, CONFIRM_DELETE, context, partial="_modal")
+    services.provider_delete(provider=provider)
+    return done(request, reverse("console:providers"), f"Provider “{provider.name}” deleted.")
 
 
 @console_view(read=Role.ADMIN, write=Role.ADMIN)
