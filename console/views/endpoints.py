@@ -66,17 +66,22 @@ def endpoint_delete(request, pk: int):
     ve = org_get(VirtualEndpoint.objects, request=request, pk=pk)
     page = {"title": f"Delete Virtual Endpoint “{ve.name}”?", "action": reverse("console:endpoint_delete", args=[pk]),
             "back": reverse("console:endpoint_detail", args=[pk])}
+    refused = dict(refused=f"“{ve.name}” has ledger history (grants, top-ups or charges), which is kept for good. "
+                           "Suspend it instead: its keys stop working and its history stays.",
+                   instead_url=reverse("console:endpoint_edit", args=[pk]), instead_label="Suspend it (edit status)")
     if request.POST.get("confirm") != "yes":
+        if ve.ledger_entries.exists() or ve.payments.exists():  # say so now, not after "Delete"
+            page.update(refused)
+            return render_page(request, CONFIRM_DELETE, page, partial="_modal", status=422)
+        keys = ve.keys.count()
         page["consequences"] = [
-            f"Its {ve.keys.count()} access key(s) and its request log are deleted; calls with its keys fail at once.",
-            "Only an endpoint without ledger history (grants, top-ups, charges) can be deleted: suspend it otherwise."]
+            f"Its {keys} access key{'' if keys == 1 else 's'} and its request log are deleted; calls with "
+            f"{'it' if keys == 1 else 'them'} fail at once." if keys else "Its request log is deleted."]
         return render_page(request, CONFIRM_DELETE, page, partial="_modal")
     try:
         services.endpoint_delete(endpoint=ve)
     except ProtectedError:
-        page.update(refused=f"“{ve.name}” has ledger history (grants, top-ups or charges), which is kept for good. "
-                            "Suspend it instead: its keys stop working and its history stays.",
-                    instead_url=reverse("console:endpoint_edit", args=[pk]), instead_label="Suspend it (edit status)")
+        page.update(refused)
         return render_page(request, CONFIRM_DELETE, page, partial="_modal", status=422)
     return done(request, reverse("console:endpoints"), f"Virtual Endpoint “{ve.name}” deleted.")
 

@@ -90,11 +90,13 @@ def test_endpoint_with_ledger_history_is_refused_with_suspend_instead(owner_clie
     # given a VE that received a grant (a ledger entry, kept for good)
     ve = objects["mine"]["ve"]
     v0 = version()
-    # when the owner confirms its delete, without JS and with htmx
+    # when the owner asks to delete it (the first step), and confirms, without JS and with htmx
+    asked = owner_client.post(url("endpoint_delete", ve))
     page = owner_client.post(url("endpoint_delete", ve), CONFIRM)
     modal = owner_client.post(url("endpoint_delete", ve), CONFIRM, HTTP_HX_REQUEST="true")
-    # then it is refused on the page, with the way out, and nothing changes
-    for response in (page, modal):
+    # then it is refused on the page (already at the first step: no Delete button offered),
+    # with the way out, and nothing changes
+    for response in (asked, page, modal):
         assert response.status_code == 422
         assert b"Not deleted." in response.content and b"Suspend it instead" in response.content
         assert reverse("console:endpoint_edit", args=[ve.pk]).encode() in response.content
