@@ -151,6 +151,9 @@ def run_once(billing: bool, duration: int) -> None:
         wrk(gw_url, key, "bench", 4, False, 2)  # warm-up: snapshot, pools, billing caches
         wrk(direct_url, "sk-bench", "fake-model", 4, False, 1)
         pids = {"gateway": gw.pid, "upstream": fake.pid}
+        redis_pid = local_redis_pid(env["REDIS_URL"]) if billing else None
+        if redis_pid:
+            pids["redis"] = redis_pid
         if PYSPY:
             out = Path(tmp) / "pyspy.txt"
             spy = subprocess.Popen([shutil.which("py-spy") or str(Path(PY).parent / "py-spy"), "record", "-p",
@@ -189,6 +192,19 @@ def run_once(billing: bool, duration: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def local_redis_pid(url: str) -> int | None:
+    """redis-server's pid when it runs on this machine (its CPU per call is reported too)."""
+    if not url:
+        return None
+    import redis
+
+    try:
+        pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+    except Exception:
+        return None
+    return pid if Path(f"/proc/{pid}/stat").exists() else None
+
+
 def cleanup_redis(env: dict) -> None:
     if not env["REDIS_URL"]:
         return
@@ -212,6 +228,9 @@ def report(billing, redis, direct, via, rss_mb, t_direct, t_gw) -> None:
               f"{d['cpu_ms']['upstream']:>11.3f} |{g['rps']:>14,.0f}{g['p50_us'] / 1000:>8.2f}{g['p99_us'] / 1000:>8.2f}"
               f"{g['cpu_ms']['gateway']:>14.3f}{g['cpu_ms']['upstream']:>14.3f}{(g['p50_us'] - d['p50_us']) / 1000:>10.2f}"
               + (f"  errors={g['errors'] + g['non2xx']}" if g["errors"] or g["non2xx"] else ""))
+    if any("redis" in via[case]["cpu_ms"] for case in CASES):
+        print("redis-server cpu ms/req: " + ", ".join(
+            f"{case[0]} c={case[1]} {via[case]['cpu_ms']['redis']:.3f}" for case in CASES if "redis" in via[case]["cpu_ms"]))
     print(f"stream TTFB p50 (c=1): direct {t_direct:.2f} ms, gateway {t_gw:.2f} ms, added {t_gw - t_direct:.2f} ms")
     print(f"gateway resident memory after the run: {rss_mb:.0f} MB")
 

@@ -167,9 +167,13 @@ class _SSE:
     def __init__(self, request_id: str):
         self.request_id = request_id
         self.usage: dict = {}
+        self.charge: str | None = None
         self.finished = False
 
     def feed(self, line: str) -> list[bytes]:
+        if line.startswith(": x-tokenbill-charge="):  # the stream's charge, just before [DONE]
+            self.charge = _comment_charge(line)
+            return []
         if self.finished or not line.startswith("data:"):
             return []
         data = line[5:].strip()
@@ -185,7 +189,23 @@ class _SSE:
         return [_ndjson({"delta": d}) for d in deltas if d]
 
     def close(self) -> bytes:
-        return _ndjson({"done": True, "usage": self.usage, "request_id": self.request_id})
+        done = {"done": True, "usage": self.usage, "request_id": self.request_id}
+        if self.charge is not None:
+            done["charge"] = self.charge
+        return _ndjson(done)
+
+
+def _comment_charge(line: str) -> str | None:
+    """': x-tokenbill-charge=0.0123 x-tokenbill-balance=…' -> '0.01' (the page's format)."""
+    from decimal import InvalidOperation
+
+    from billing.money import MoneyError, format_credits_human, to_micros
+
+    value = line.split("x-tokenbill-charge=", 1)[1].split()[0] if "x-tokenbill-charge=" in line else ""
+    try:
+        return format_credits_human(to_micros(value))
+    except (MoneyError, InvalidOperation, ValueError):
+        return None
 
 
 def _ndjson(obj: dict) -> bytes:

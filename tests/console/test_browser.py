@@ -8,8 +8,10 @@ the server's threads see it. Screenshots at 1280 and 390 px go to test-results/c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,8 +51,38 @@ def server(transactional_db):
     from tests.fakes.gateway_server import LiveServer
     from tokenbill.routing import build_application
 
-    with LiveServer(build_application(get_asgi_application())) as live:
+    with LiveServer(build_application(get_asgi_application())) as live, request_log_drainer():
         yield live
+
+
+@contextlib.contextmanager
+def request_log_drainer(every: float = 0.3):
+    """What Celery beat does in production: billing.flush_request_logs every second (here
+    more often). With Redis the gateway only spools its log rows; the console's request
+    log and live feed see them once drained."""
+    from django.db import connections
+
+    from billing.tasks import flush_request_logs
+
+    stop = threading.Event()
+
+    def loop():
+        try:
+            while not stop.wait(every):
+                try:
+                    flush_request_logs()
+                except Exception:  # a test database going away at teardown
+                    pass
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=loop, name="test-log-drainer", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 @pytest.fixture

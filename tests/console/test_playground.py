@@ -69,6 +69,8 @@ def test_playground_streams_through_the_gateway_without_storing_a_secret(client,
         assert "".join(line.get("delta", "") for line in lines) == "Echo: hi there"
         assert lines[-1]["done"] and lines[-1]["usage"]["completion_tokens"] > 0
         assert lines[-1]["request_id"].startswith("req")
+        # and the charge, read from the stream's closing comment (no wait for the request log)
+        assert lines[-1]["charge"] not in ("", "0")
     # and one playground key per slot exists, whose secret appears nowhere in what we sent
     keys = AccessKey.objects.filter(virtual_endpoint=ve)
     assert keys.count() == 1 and keys[0].name.startswith("Playground")
@@ -96,3 +98,16 @@ def test_playground_refuses_other_orgs_endpoint(client, db):
     response = client.post(reverse("console:playground_stream"), {"ve": ve.pk, "model": "chat", "message": "hi"})
     assert response.status_code == 404
     assert not AccessKey.objects.filter(virtual_endpoint=ve).exists()
+
+
+def test_the_streams_charge_comment_becomes_the_pages_charge():
+    from console.views.playground import _SSE
+
+    parser = _SSE("req_1")
+    for line in ['data: {"choices": [{"delta": {"content": "hi"}}]}', "",
+                 ": x-tokenbill-charge=1234.5 x-tokenbill-balance=10", "", "data: [DONE]"]:
+        parser.feed(line)
+    assert json.loads(parser.close()) == {"done": True, "usage": {}, "request_id": "req_1", "charge": "1,234.50"}
+    broken = _SSE("req_2")
+    broken.feed(": x-tokenbill-charge=not-a-number")
+    assert "charge" not in json.loads(broken.close())
