@@ -163,20 +163,15 @@ class RedisLogSpool:
         return len(self._buf)
 
     async def _run(self, wake: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # A timer sets the event rather than wait_for(): Python 3.11's wait_for can
-            # swallow a cancellation that lands as it times out, and this loop never ends.
-            timer = loop.call_later(self.interval, wake.set)
-            try:
-                await wake.wait()
-            finally:
-                timer.cancel()
-            wake.clear()
-            try:
-                await self.push()
-            except Exception as exc:  # Redis away: keep the records, try again next tick
-                log.warning("request log push to Redis failed (%s); will retry", type(exc).__name__)
+        from billing.requestlog import run_every
+
+        await run_every(self.interval, wake, self._push_logged)
+
+    async def _push_logged(self) -> None:
+        try:
+            await self.push()
+        except Exception as exc:  # Redis away: keep the records, try again next tick
+            log.warning("request log push to Redis failed (%s); will retry", type(exc).__name__)
 
     def _take(self) -> list[str]:
         with self._lock:

@@ -91,20 +91,13 @@ class LogWriter:
             self._wake[loop].set()
 
     async def _run(self, wake: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # A timer sets the event rather than wait_for(): Python 3.11's wait_for can
-            # swallow a cancellation that lands as it times out, and this loop never ends.
-            timer = loop.call_later(self.interval, wake.set)
-            try:
-                await wake.wait()
-            finally:
-                timer.cancel()
-            wake.clear()
-            try:
-                await self.flush()
-            except Exception:  # keep the loop alive; the buffer is retried next time
-                log.exception("request log flush failed; will retry")
+        await run_every(self.interval, wake, self._flush_logged)
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception:  # keep the loop alive; the buffer is retried next time
+            log.exception("request log flush failed; will retry")
 
     # --- writing -----------------------------------------------------------------------
 
@@ -166,6 +159,22 @@ class LogWriter:
 
     def _write(self, rows: list[dict], charges: list[PendingCharge]) -> None:
         write_batch(rows, charges)
+
+
+async def run_every(interval: float, wake: asyncio.Event, work) -> None:
+    """Await `work()` every `interval` seconds, or as soon as `wake` is set; forever (a
+    writer's per-loop task; `work` must not raise). A timer sets the event rather than
+    wait_for(): Python 3.11's wait_for can swallow a cancellation that lands as it times
+    out, and the loop would never end."""
+    loop = asyncio.get_running_loop()
+    while True:
+        timer = loop.call_later(interval, wake.set)
+        try:
+            await wake.wait()
+        finally:
+            timer.cancel()
+        wake.clear()
+        await work()
 
 
 def write_batch(rows: list[dict], charges: list[PendingCharge]) -> None:
