@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -57,6 +58,7 @@ class RealBiller:
         self._rates_version = None
         self._refreshing: asyncio.Task | None = None
         self._rates_cache: dict[tuple, tuple] = {}  # (model, route, markup, rate) -> RouteRates
+        self._unrecorded = 0  # leased settles whose row is not queued yet (Redis has not answered)
         if hasattr(self.budget, "before_rebuild"):
             self.budget.before_rebuild = self.writer.flush
 
@@ -217,21 +219,35 @@ class RealBiller:
         priced = self._price(ctx, admission, outcome)
         charge = priced.charge if priced else 0
         snapshot = dict(priced.snapshot) if priced else {}
+        kwargs = self._limit(ctx)
+        if self.budget.name == "redis":
+            def confirmed(charged: int) -> None:  # a leased call: what Redis confirms it took
+                self._unrecorded -= 1
+                self._record(ctx, admission, outcome, priced, snapshot, charge, charged, False)
+
+            kwargs["on_confirmed"] = confirmed
         settled = await self.budget.settle(
             request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id, charge=charge,
-            entry=budgets.ChargeEntry(ctx.request_id, rate_snapshot=snapshot), **self._limit(ctx))
-        if settled.charged != charge:
-            snapshot["uncollected"] = charge - settled.charged  # usage above the hold, balance could not pay
-            log.warning("request %s: charge capped at %s of %s", ctx.request_id, settled.charged, charge)
-        pending = None
-        if settled.charged and not settled.posted:
-            pending = PendingCharge(ctx.ve.id, ctx.key.id, settled.charged, ctx.request_id, snapshot)
+            entry=budgets.ChargeEntry(ctx.request_id, rate_snapshot=snapshot), **kwargs)
         if priced and priced.units.output and ctx.ve.tokens_per_minute is not None:
             # Counted without holding up the answer: the command leaves before the next
             # call's check on the same connection, so Redis applies it first.
             _background(self.limiter.add_tokens(ctx.ve, ctx.key, priced.units.output), "rate limit tokens")
-        self.writer.add(row=log_row(ctx, outcome, priced, settled.charged, snapshot, admission.reserved), charge=pending)
+        if settled.deferred:  # the row and ledger entry are queued when Redis answers
+            self._unrecorded += 1
+        else:
+            self._record(ctx, admission, outcome, priced, snapshot, charge, settled.charged, settled.posted)
         return Settlement(charge=settled.charged, balance=settled.balance)
+
+    def _record(self, ctx, admission, outcome, priced, snapshot: dict, charge: int, charged: int, posted: bool):
+        """Queue the request-log row and, unless the budget wrote it, the ledger entry."""
+        if charged != charge:
+            snapshot["uncollected"] = charge - charged  # usage above the hold, balance could not pay
+            log.warning("request %s: charge capped at %s of %s", ctx.request_id, charged, charge)
+        pending = None
+        if charged and not posted:
+            pending = PendingCharge(ctx.ve.id, ctx.key.id, charged, ctx.request_id, snapshot)
+        self.writer.add(row=log_row(ctx, outcome, priced, charged, snapshot, admission.reserved), charge=pending)
 
     def _price(self, ctx, admission, outcome):
         if outcome.route is None or ctx.model is None:
@@ -247,8 +263,28 @@ class RealBiller:
     async def record(self, ctx: CallContext, outcome: Outcome) -> None:
         self.writer.add(row=log_row(ctx, outcome, None, 0, {}, 0))
 
+    async def flush(self, timeout: float = 10.0) -> int:
+        """Every call settled so far into the request log and ledger (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._unrecorded and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        return await self.writer.flush()
+
+    def flush_sync(self, timeout: float = 10.0) -> int:
+        """flush() from a thread other than the gateway's loop (tests)."""
+        deadline = time.monotonic() + timeout
+        while self._unrecorded and time.monotonic() < deadline:
+            time.sleep(0.001)  # the loop's thread queues them as Redis answers
+        return self.writer.flush_sync()
+
     async def close(self) -> None:
-        await self.writer.flush()
+        release = getattr(self.budget, "release_leases", None)
+        if release is not None:
+            try:
+                await release()  # leases back to their VEs, settles answered: then the rows are all queued
+            except Exception:
+                log.exception("credit leases not returned; the expired-holds sweep will")
+        await self.flush()
 
 
 # --- helpers ----------------------------------------------------------------------------

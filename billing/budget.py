@@ -47,6 +47,11 @@ class Settled:
     charged: int  # micro-credits actually added to spend
     balance: int | None  # VE budget - spend after it
     posted: bool  # the ledger entry is already written (SQL); else the caller queues it
+    # True when the settle was sent but not yet answered (a leased call, billing/leases.py):
+    # `charged` and `balance` are this process's view until then, and the budget calls the
+    # caller's on_confirmed(charged) once, with what Redis actually took; the caller queues
+    # the ledger entry then.
+    deferred: bool = False
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ import weakref
 import redis
 import redis.asyncio as aredis
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q, Sum
 
@@ -177,16 +178,25 @@ return out
 """
 
 
+def _ignore(charged: int) -> None:
+    pass
+
+
 class RedisBudget:
     name = "redis"
 
-    def __init__(self, url: str, prefix: str):
+    def __init__(self, url: str, prefix: str, leases: bool | None = None):
+        from billing.leases import Leases
+
         self.url = url
         self.p = prefix + "b:"
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._fast_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._sync = redis.Redis.from_url(url)
         self.before_rebuild = None  # async callable: flush this process's queued ledger entries
+        if leases is None:
+            leases = settings.BILLING_LEASES
+        self.leases = Leases(self, settings.BILLING_LEASE_SECONDS) if leases else None
 
     # --- keys and clients ------------------------------------------------------------
 
@@ -218,6 +228,11 @@ class RedisBudget:
     # --- reserve / settle --------------------------------------------------------------
 
     async def reserve(self, *, request_id, ve_id, key_id, full, minimum, key_limit=None) -> int:
+        if key_limit is None and self.leases is not None and full > 0:
+            held = await self.leases.reserve(request_id=request_id, ve_id=ve_id, key_id=key_id, full=full,
+                                             minimum=minimum)
+            if held is not None:
+                return held
         fast = self._fast()
         keys = [self.k_ve(ve_id), self.k_key(key_id), f"{self.k_ve(ve_id)}:holds", f"{self.p}holds"]
         args = [full, minimum, -1 if key_limit is None else key_limit, request_id,
@@ -228,7 +243,13 @@ class RedisBudget:
             result = await fast.evalsha(RESERVE, keys, args)
         return max(int(result), 0)
 
-    async def settle(self, *, request_id, ve_id, key_id, charge, entry: ChargeEntry, key_limit=None) -> Settled:
+    async def settle(self, *, request_id, ve_id, key_id, charge, entry: ChargeEntry, key_limit=None,
+                     on_confirmed=None) -> Settled:
+        if self.leases is not None:
+            settled = self.leases.settle(request_id=request_id, key_id=key_id, charge=charge,
+                                         on_confirmed=on_confirmed or _ignore)
+            if settled is not None:
+                return settled
         fast = self._fast()
         keys = [self.k_ve(ve_id), self.k_key(key_id), f"{self.k_ve(ve_id)}:holds", f"{self.p}holds",
                 f"{self.k_ve(ve_id)}:unposted"]
@@ -245,7 +266,14 @@ class RedisBudget:
             raise RuntimeError(f"VE {ve_id} has no counters and none could be rebuilt")
         return Settled(int(charged), int(balance), False)
 
+    async def release_leases(self) -> None:
+        """Return this process's credit leases and wait for its settles (shutdown, tests)."""
+        if self.leases is not None:
+            await self.leases.release()
+
     async def counters(self, ve_id) -> Counters:
+        if self.leases is not None:
+            await self.leases.settled()  # this process's own settles first
         client, _ = self._scripts()
         values = await client.hmget(self.k_ve(ve_id), "budget", "spend", "reserved")
         if values[0] is None:

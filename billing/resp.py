@@ -207,16 +207,31 @@ class FastRedis:
         proto = await self._connection()
         return await self._send(proto, args)
 
-    async def evalsha(self, script: str, keys, args):
+    def _sha(self, script: str) -> bytes:
         sha = self._shas.get(script)
         if sha is None:
             sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest().encode()
+        return sha
+
+    async def evalsha(self, script: str, keys, args):
         try:
-            return await self.execute(b"EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute(b"EVALSHA", self._sha(script), len(keys), *keys, *args)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             return await self.execute(b"EVAL", script, len(keys), *keys, *args)  # loads it too
+
+    def evalsha_now(self, script: str, keys, args) -> asyncio.Future | None:
+        """EVALSHA written to the socket before this returns (not at the end of the loop
+        turn), its reply a future; None when there is no open connection (then await
+        `evalsha`). For a step whose effect must leave the process before the caller goes
+        on, without waiting for the answer. A NOSCRIPT reply means it did not run."""
+        proto = self._proto
+        if proto is None or proto.lost:
+            return None
+        fut = self._send(proto, (b"EVALSHA", self._sha(script), len(keys), *keys, *args))
+        proto.write_out()
+        return fut
 
     def close(self) -> None:
         if self._proto is not None:

@@ -202,6 +202,12 @@ CHECKOUT_TEST_MODE = envbool("CHECKOUT_TEST_MODE", not env("DATABASE_URL", ""))
 # (private, loopback, link-local, ...); the cloud metadata addresses stay refused.
 ALERT_WEBHOOK_ALLOW_PRIVATE = envbool("ALERT_WEBHOOK_ALLOW_PRIVATE", False)
 
+# --- Credit leases (billing/leases.py; Redis budget only) --------------------------------
+# A gateway process reserves a slice of a large balance and admits calls from it without a
+# Redis round trip; a slice takes new calls this many seconds, then what is left goes back.
+BILLING_LEASES = envbool("BILLING_LEASES", True)
+BILLING_LEASE_SECONDS = envfloat("BILLING_LEASE_SECONDS", 2.0)
+
 # --- Gateway ----------------------------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 GATEWAY_MAX_ATTEMPTS = envint("GATEWAY_MAX_ATTEMPTS", 4)

@@ -34,7 +34,7 @@ async def test_admit_holds_the_estimate_and_settle_charges_actual_usage(biller, 
     admission = await biller.admit(ctx)
     during = await counters(budget, world.ve.pk)
     settlement = await biller.settle(ctx, admission, served(ctx, 10, 50))
-    await biller.writer.flush()
+    await biller.flush()
     # then: held prompt estimate + 100 output tokens, charged 10 x 0.1 + 50 x 0.2 = 11 credits
     assert admission.reserved >= 20_000_000 + 100_000 * 10
     assert during.reserved == admission.reserved
@@ -82,7 +82,7 @@ async def test_failed_everywhere_is_charged_nothing_and_releases_the_hold(biller
     ctx = await sync_to_async(world.ctx)()
     admission = await biller.admit(ctx)
     settlement = await biller.settle(ctx, admission, Outcome(route=None, status="upstream_error", http_status=502))
-    await biller.writer.flush()
+    await biller.flush()
     assert settlement.charge == 0
     after = await counters(budget, world.ve.pk)
     assert (after.spend, after.reserved) == (0, 0)
@@ -113,7 +113,7 @@ async def test_usage_above_the_hold_is_capped_when_the_balance_cannot_pay(biller
     # then the VE never goes below zero
     after = await counters(budget, world.ve.pk)
     assert settlement.charge <= 5_000_000 and after.spend <= after.budget
-    await biller.writer.flush()
+    await biller.flush()
     row = await RequestLog.objects.aget(request_id=ctx.request_id)
     assert row.price_snapshot["uncollected"] > 0
 
@@ -159,7 +159,7 @@ async def test_budget_never_overspent_under_concurrency(biller, budget):
 
     # when 200 calls run at once
     await asyncio.gather(*(call(i) for i in range(200)))
-    await biller.writer.flush()
+    await biller.flush()
     # then
     (ledger_budget, ledger_spend), charges = await sync_to_async(_sums)(world.ve.pk)
     after = await counters(budget, world.ve.pk)
@@ -179,7 +179,7 @@ async def test_reconcile_repairs_drift_and_reports_it(biller, budget):
     world = await sync_to_async(make_world)()
     ctx = await sync_to_async(world.ctx)()
     await biller.settle(ctx, await biller.admit(ctx), served(ctx, 10, 10))
-    await biller.writer.flush()
+    await biller.flush()
     if budget.name == "redis":
         await sync_to_async(budget._sync.hincrby)(budget.k_ve(world.ve.pk), "spend", 777)
     else:
@@ -226,7 +226,7 @@ async def test_counters_rebuilt_from_the_ledger_after_redis_loses_them(biller, b
     ctx = await sync_to_async(world.ctx)()
     admission = await biller.admit(ctx)  # rebuilds from the ledger (flushing this process first)
     await biller.settle(ctx, admission, served(ctx, 10, 10))
-    await biller.writer.flush()
+    await biller.flush()
     # then no charge was lost
     after = await counters(budget, world.ve.pk)
     (ledger_budget, ledger_spend), charges = await sync_to_async(_sums)(world.ve.pk)

@@ -101,7 +101,7 @@ def test_budget_never_overspent_through_the_gateway(live_gateway, real_biller, u
 
     # when 200 calls run at once against a slow upstream
     asyncio.run(run_all())
-    real_biller.writer.flush_sync()
+    real_biller.flush_sync()
     # then
     assert results["other"] == []
     charges = LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count()
@@ -123,7 +123,7 @@ def test_charge_and_balance_headers_and_request_log(live_gateway, real_biller, u
     raw = sdk.chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": "hello"}], extra_headers={"X-TokenBill-Run-Id": "run-7"})
     raw.parse()
-    real_biller.writer.flush_sync()
+    real_biller.flush_sync()
     # then
     row = RequestLog.objects.get(request_id=raw.headers["x-tokenbill-request-id"])
     entry = LedgerEntry.objects.get(idempotency_key=row.request_id)
@@ -257,7 +257,7 @@ def test_redis_restart_mid_run_loses_no_charge(live_gateway, real_biller, upstre
     # when Redis comes back empty in the middle of the run
     assert real_biller.budget.delete_all_keys() > 0
     calls(5)
-    real_biller.writer.flush_sync()
+    real_biller.flush_sync()
     # then every charge is in the ledger and the rebuilt counters equal its sums
     budget, spend = ledger_sums(world.ve.pk)
     assert LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count() == 10

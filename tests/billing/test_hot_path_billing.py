@@ -29,7 +29,7 @@ def test_stream_sends_charge_and_balance_comment_before_done(live_gateway, real_
         resp = http.post(f"{live_gateway.url}/{world.ve.public_id}/v1/chat/completions", json=body,
                          headers={"Authorization": f"Bearer {world.secret}"})
     lines = [line for line in resp.text.split("\n") if line]
-    real_biller.writer.flush_sync()
+    real_biller.flush_sync()
     # then: the comment is the line just before [DONE], with the charge the ledger has
     assert lines[-1] == "data: [DONE]"
     assert lines[-2].startswith(": x-tokenbill-charge=")
@@ -54,7 +54,7 @@ def test_stream_cut_by_the_client_is_settled_once(live_gateway, real_biller, ups
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        real_biller.writer.flush_sync()
+        real_biller.flush_sync()
         rows = list(RequestLog.objects.filter(virtual_endpoint=world.ve))
         if rows:
             break

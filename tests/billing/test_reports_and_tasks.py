@@ -43,7 +43,7 @@ async def test_reports_api_ledger_requests_usage(biller):
     world = await sync_to_async(make_world)()
     for run_id in ("run-a", "run-a", "run-b"):
         await _call(biller, world, run_id)
-    await biller.writer.flush()
+    await biller.flush()
     _, secret = await sync_to_async(management_token_create)(organization=world.org)
     api = ApiClient(secret)
 
@@ -76,7 +76,7 @@ async def test_rollup_is_idempotent(biller):
     world = await sync_to_async(make_world)()
     for _ in range(2):
         await _call(biller, world)
-    await biller.writer.flush()
+    await biller.flush()
     # when rolled up twice (a retried task)
     await sync_to_async(rollup_recent)()
     await sync_to_async(rollup_recent)()
@@ -226,10 +226,10 @@ async def test_a_listeners_coroutine_runs_on_the_flushing_loop_not_a_new_one(bil
         world = await sync_to_async(make_world)()
         await _call(biller, world)
         # when the gateway's loop flushes
-        await biller.writer.flush()
+        await biller.flush()
         # and a sync caller (a Celery task) flushes another batch
         await _call(biller, world)
-        await sync_to_async(biller.writer.flush_sync)()
+        await sync_to_async(biller.flush_sync)()
     finally:
         requestlog._written_listeners.remove(listener)
     # then the first ran on this loop, in this thread; the sync flush ran its own to completion
@@ -245,7 +245,7 @@ async def test_written_batches_reach_listeners(biller):
     try:
         world = await sync_to_async(make_world)()
         ctx, _ = await _call(biller, world, "run-x")
-        await biller.writer.flush()
+        await biller.flush()
     finally:
         requestlog._written_listeners.remove(seen.append)
     assert [row["request_id"] for batch in seen for row in batch] == [ctx.request_id]

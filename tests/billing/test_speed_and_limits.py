@@ -32,7 +32,7 @@ async def test_admit_and_settle_per_call_cost(biller, budget):
         admission = await biller.admit(ctx)
         await biller.settle(ctx, admission, Outcome(route=ctx.model.routes[0], usage=Usage(10, 0, 0, 20)))
     per_call_us = (time.perf_counter() - started) / n * 1e6
-    await biller.writer.flush()
+    await biller.flush()
     # then
     print(f"\nadmit+settle on {budget.name} ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}): "
           f"{per_call_us:.0f} µs per call (sequential, {n} calls, tokenizer included)")
@@ -47,7 +47,7 @@ async def test_client_disconnect_is_charged_for_what_was_generated(biller, budge
     outcome = Outcome(route=ctx.model.routes[0], usage=Usage(input_tokens=10, output_tokens=7, estimated=True),
                       client_disconnected=True, status="disconnected")
     settlement = await biller.settle(ctx, admission, outcome)
-    await biller.writer.flush()
+    await biller.flush()
     assert settlement.charge == 1_000_000 + 1_400_000
     row = await RequestLog.objects.aget(request_id=ctx.request_id)
     assert row.status == "disconnected" and row.usage_estimated and row.charge == settlement.charge
@@ -146,4 +146,4 @@ async def test_a_rate_limited_call_holds_nothing_and_check_and_hold_share_one_ro
         assert (counters.reserved, counters.spend) == (0, settled.charge)
     finally:
         budget.delete_all_keys()
-        await biller.writer.flush()
+        await biller.flush()

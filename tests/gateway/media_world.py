@@ -61,9 +61,9 @@ def micros(credits) -> int:
 
 
 def flush() -> None:
-    writer = getattr(gate.get_biller(), "writer", None)
-    if writer is not None:
-        writer.flush_sync()
+    biller = gate.get_biller()
+    if hasattr(biller, "flush_sync"):
+        biller.flush_sync()
 
 
 def log_row(request_id: str, seconds: float = 5.0) -> RequestLog:

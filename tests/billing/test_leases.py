@@ -1,0 +1,275 @@
+"""Credit leases (billing/leases.py): calls admitted from a process's slice of the balance,
+with the same money rules as per-call holds. Redis only (the SQL budget has no leases)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from billing.biller import RealBiller
+from billing.gate import BudgetExhausted, Outcome
+from billing.ledger import ledger_sums
+from billing.models import LedgerEntry, RequestLog
+from billing.pricing import RateBook
+from billing.ratelimit import MemoryLimiter
+from billing.requestlog import LogWriter
+from gateway.adapters.base import Usage
+from routing.models import VirtualEndpoint
+from tests.billing.conftest import close_sync_thread_connections, make_world
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HOLD = 22_000_000  # what one call of make_world's ctx() holds (100 output tokens + prompt), about
+
+
+def served(ctx, input_tokens=10, output_tokens=50) -> Outcome:
+    return Outcome(route=ctx.model.routes[0], usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens))
+
+
+def redis_budget(prefix: str, seconds: float = 2.0):
+    if not settings.REDIS_URL:
+        pytest.skip("credit leases live in Redis: run with REDIS_URL (the PostgreSQL + Redis configuration)")
+    from billing.budget_redis import RedisBudget
+
+    budget = RedisBudget(settings.REDIS_URL, prefix, leases=True)
+    budget.leases.seconds = seconds
+    return budget
+
+
+def biller_on(budget) -> RealBiller:
+    return RealBiller(budget=budget, limiter=MemoryLimiter(), writer=LogWriter(interval=0.05), rates=RateBook())
+
+
+@pytest.fixture
+def prefix(transactional_db):
+    prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
+    yield prefix
+    if settings.REDIS_URL:
+        from billing.budget_redis import RedisBudget
+
+        RedisBudget(settings.REDIS_URL, prefix, leases=False).delete_all_keys()
+    close_sync_thread_connections()
+
+
+class CountingFast:
+    """Wraps the budget's pipelined client: counts the round trips a caller waits for
+    (`evalsha`) and the commands only sent (`evalsha_now`)."""
+
+    def __init__(self, fast):
+        self.fast, self.awaited, self.sent = fast, 0, 0
+
+    async def evalsha(self, *args):
+        self.awaited += 1
+        return await self.fast.evalsha(*args)
+
+    def evalsha_now(self, *args):
+        self.sent += 1
+        return self.fast.evalsha_now(*args)
+
+
+async def test_leased_calls_wait_for_no_redis_round_trip_and_count_every_credit(prefix):
+    # given a VE with a large balance (a lease is 64 call estimates, far below 1/16 of it)
+    budget = redis_budget(prefix)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    snaps = await sync_to_async(world.snap)()
+    first = world.ctx(snaps=snaps)
+    await biller.settle(first, await biller.admit(first), served(first))  # takes the lease
+    counting = CountingFast(budget._fast())
+    budget._fast = lambda: counting
+    # when 50 more calls run one after another
+    balances = []
+    for i in range(50):
+        ctx = world.ctx(snaps=snaps)
+        admission = await biller.admit(ctx)
+        assert admission.reserved >= HOLD  # the full estimate, from the lease
+        settlement = await biller.settle(ctx, admission, served(ctx, 10, 10 + i))
+        balances.append((settlement.charge, settlement.balance))
+    # then no call waited for Redis: each settle was written and not awaited
+    assert counting.awaited == 0 and counting.sent == 50
+    # each balance header is the previous one minus this charge (one process, exact)
+    for (_, before), (charge, after) in zip(balances, balances[1:]):
+        assert after == before - charge
+    # and once the lease is back, counters, ledger and request log agree to the micro-credit
+    await budget.release_leases()
+    await biller.flush()
+    counters = await budget.counters(world.ve.pk)
+    ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
+    assert (counters.budget, counters.spend, counters.reserved) == (ledger_budget, ledger_spend, 0)
+    assert balances[-1][1] == ledger_budget - ledger_spend
+    assert await LedgerEntry.objects.filter(virtual_endpoint_id=world.ve.pk, kind="charge").acount() == 51
+    assert await RequestLog.objects.filter(virtual_endpoint_id=world.ve.pk).acount() == 51
+    ve = await VirtualEndpoint.objects.aget(pk=world.ve.pk)
+    assert ve.credit_spend == ledger_spend
+
+
+async def test_the_lease_holds_its_slice_in_redis_and_returns_what_is_left(prefix):
+    budget = redis_budget(prefix, seconds=0.1)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    ctx = await sync_to_async(world.ctx)()
+    admission = await biller.admit(ctx)
+    # the slice is reserved in Redis as a whole: 64 estimates, at most 1/16 of the balance
+    during = await budget.counters(world.ve.pk)
+    assert during.reserved == 64 * admission.reserved <= during.available // 15
+    await biller.settle(ctx, admission, served(ctx))
+    # when the lease time passes with no call in flight, then the rest goes back
+    await asyncio.sleep(0.3)
+    await budget.leases.settled()
+    after = await budget.counters(world.ve.pk)
+    assert after.reserved == 0 and after.spend == 1_000_000 + 10_000_000
+
+
+async def test_a_retired_lease_is_returned_by_its_last_call_in_flight(prefix):
+    budget = redis_budget(prefix, seconds=0.05)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    snaps = await sync_to_async(world.snap)()
+    # given calls admitted from a lease that retires while they run
+    calls = [world.ctx(snaps=snaps) for _ in range(3)]
+    admissions = [await biller.admit(c) for c in calls]
+    await asyncio.sleep(0.15)
+    assert (await budget.counters(world.ve.pk)).reserved > 0  # still held: calls in flight
+    # when they settle, then the last one returns the rest of the slice
+    for c, a in zip(calls, admissions):
+        await biller.settle(c, a, served(c))
+    await budget.leases.settled()
+    after = await budget.counters(world.ve.pk)
+    assert (after.reserved, after.spend) == (0, 3 * 11_000_000)
+
+
+async def test_small_balances_and_key_limits_are_held_per_call(prefix):
+    budget = redis_budget(prefix)
+    biller = biller_on(budget)
+    # a balance below 64 call estimates: per-call holds, no slice
+    small = await sync_to_async(make_world)(credits="1000")
+    ctx = await sync_to_async(small.ctx)()
+    admission = await biller.admit(ctx)
+    assert (await budget.counters(small.ve.pk)).reserved == admission.reserved
+    await biller.settle(ctx, admission, served(ctx))
+    assert budget.leases._calls == {}
+    # a key with its own credit limit, on a large balance: per call, against the key too
+    limited = await sync_to_async(make_world)(credits="1000000", key_kw={"credit_limit": 100_000_000})
+    ctx = await sync_to_async(limited.ctx)()
+    admission = await biller.admit(ctx)
+    assert await budget.key_counters(limited.key.pk) == (0, admission.reserved)
+    assert (await budget.counters(limited.ve.pk)).reserved == admission.reserved
+    await biller.settle(ctx, admission, served(ctx))
+    assert await budget.key_counters(limited.key.pk) == (11_000_000, 0)
+
+
+async def test_two_processes_with_leases_never_overspend(prefix):
+    # given two gateway processes (two budgets, one Redis) and a VE whose balance starts
+    # large enough for leases (~140 call estimates) and runs dry under load
+    budgets = [redis_budget(prefix), redis_budget(prefix)]
+    billers = [biller_on(b) for b in budgets]
+    world = await sync_to_async(make_world)(credits="3100")
+    snaps = await sync_to_async(world.snap)()
+    outcome = {"charged": 0, "exhausted": 0, "leased": 0}
+
+    async def call(i):
+        biller = billers[i % 2]
+        ctx = world.ctx(snaps=snaps)
+        try:
+            admission = await biller.admit(ctx)
+        except BudgetExhausted:
+            outcome["exhausted"] += 1
+            return
+        outcome["leased"] += ctx.request_id in biller.budget.leases._calls
+        await asyncio.sleep(random.uniform(0.01, 0.05))
+        settlement = await biller.settle(ctx, admission, served(ctx, 10, random.randint(16, admission.max_tokens)))
+        assert settlement.charge > 0
+        outcome["charged"] += 1
+
+    # when 400 calls run at once, half on each
+    await asyncio.gather(*(call(i) for i in range(400)))
+    for budget, biller in zip(budgets, billers):
+        await budget.release_leases()
+        await biller.flush()
+    # then leases served part of it, every charge is in the ledger once, and the VE never
+    # spent more than its budget
+    assert outcome["leased"] > 0
+    assert outcome["charged"] + outcome["exhausted"] == 400
+    ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
+    assert ledger_spend <= ledger_budget
+    charges = await LedgerEntry.objects.filter(virtual_endpoint_id=world.ve.pk, kind="charge").acount()
+    assert charges == outcome["charged"] >= 100
+    counters = await budgets[0].counters(world.ve.pk)
+    assert (counters.budget, counters.spend, counters.reserved) == (ledger_budget, ledger_spend, 0)
+    # and what is left can be spent: no slice stayed behind
+    if ledger_budget - ledger_spend >= HOLD:
+        ctx = world.ctx(snaps=snaps)
+        admission = await billers[1].admit(ctx)
+        assert admission.reserved >= ledger_budget - ledger_spend or admission.reserved >= HOLD
+        await billers[1].settle(ctx, admission, Outcome(route=None))
+
+
+async def test_a_dead_process_lease_is_released_by_the_expired_holds_sweep(prefix, settings):
+    settings.GATEWAY_TOTAL_TIMEOUT = -120  # holds (and slices) expire in the past
+    budget = redis_budget(prefix, seconds=30)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    ctx = await sync_to_async(world.ctx)()
+    admission = await biller.admit(ctx)
+    await biller.settle(ctx, admission, served(ctx))
+    await budget.leases.settled()
+    assert (await budget.counters(world.ve.pk)).reserved > 0
+    # when the process is gone (its lease never returned) and the sweep runs
+    other = redis_budget(prefix)
+    released = await sync_to_async(other.release_expired)()
+    # then the slice is free again; the charge settled before stays
+    assert released == 1
+    after = await other.counters(world.ve.pk)
+    assert (after.reserved, after.spend) == (0, 11_000_000)
+
+
+async def test_redis_losing_the_lease_stops_the_process_taking_from_it(prefix):
+    budget = redis_budget(prefix, seconds=60)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    snaps = await sync_to_async(world.snap)()
+    first = world.ctx(snaps=snaps)
+    await biller.settle(first, await biller.admit(first), served(first))
+    await biller.flush()
+    # when Redis comes back empty while the process holds a lease
+    assert budget.delete_all_keys() > 0
+    ctx = world.ctx(snaps=snaps)
+    admission = await biller.admit(ctx)  # still from the local lease
+    await biller.settle(ctx, admission, served(ctx))
+    await biller.flush()
+    # then the settle learnt that the lease is gone: the next call gets a new hold from Redis
+    assert budget.leases._state(world.ve.pk).lease is None
+    third = world.ctx(snaps=snaps)
+    await biller.settle(third, await biller.admit(third), served(third))
+    await budget.release_leases()
+    await biller.flush()
+    # and the counters rebuilt from the ledger hold every charge, within the budget
+    ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
+    counters = await budget.counters(world.ve.pk)
+    assert ledger_spend == 3 * 11_000_000 <= ledger_budget
+    assert (counters.budget, counters.spend, counters.reserved) == (ledger_budget, ledger_spend, 0)
+
+
+async def test_shutdown_returns_leases_and_records_every_call(prefix):
+    budget = redis_budget(prefix, seconds=60)
+    biller = biller_on(budget)
+    biller.writer.interval = 3600  # nothing written on its own
+    world = await sync_to_async(make_world)(credits="1000000")
+    snaps = await sync_to_async(world.snap)()
+    for _ in range(5):
+        ctx = world.ctx(snaps=snaps)
+        await biller.settle(ctx, await biller.admit(ctx), served(ctx))
+    # when the process shuts down cleanly
+    started = time.monotonic()
+    await biller.close()
+    # then the slice is back and every call is in the ledger and the log
+    assert time.monotonic() - started < 5
+    assert (await budget.counters(world.ve.pk)).reserved == 0
+    assert await LedgerEntry.objects.filter(virtual_endpoint_id=world.ve.pk, kind="charge").acount() == 5
+    assert await RequestLog.objects.filter(virtual_endpoint_id=world.ve.pk).acount() == 5
