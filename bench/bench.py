@@ -11,6 +11,7 @@ called directly, the added p50, and streaming time-to-first-byte (sequential, c=
     BENCH_BILLING=on|off|both   the real biller (default), NullBiller, or both runs
     BENCH_APP=module:app        serve another ASGI app (diagnostics, e.g. a budget without Redis)
     BENCH_PROFILE=1|stream      cProfile the gateway under c=16 instead (prints the top functions)
+    BENCH_CASES=non-stream:1,stream:1   only these cases (default: all five)
     BENCH_PROFILE=py-spy        sample every thread of the gateway with py-spy under load
                                 (BENCH_CONNS=16, BENCH_STREAM=0|1)
                                 (bench/pyspy_top.py prints the top; `pip install py-spy` first)
@@ -37,6 +38,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 PROFILE = os.environ.get("BENCH_PROFILE", "")  # "1" or "stream": cProfile the gateway at c=16 only
 PYSPY = PROFILE == "py-spy"
 CASES = [("non-stream", 1), ("non-stream", 16), ("non-stream", 64), ("stream", 1), ("stream", 16)]
+if os.environ.get("BENCH_CASES"):  # e.g. "non-stream:1,stream:1": a quicker subset
+    CASES = [(kind, int(conns)) for kind, _, conns in (c.partition(":") for c in os.environ["BENCH_CASES"].split(","))]
 
 
 def free_port() -> int:

@@ -135,7 +135,7 @@ class RedisLogSpool:
         self._retained: deque = deque()  # (running total after the batch, records) until drained
         self._lost_batches: list | None = None
         self.interval = interval
-        self._buf: list[str] = []
+        self._buf: list = []  # encoded records (put back) and (row, charge) tuples
         self._lock = threading.Lock()
         self._tasks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._wake: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -144,9 +144,10 @@ class RedisLogSpool:
     # --- the gateway: buffer and push --------------------------------------------------
 
     def add(self, row: dict | None = None, charge=None) -> None:
-        record = encode(row, charge)
+        # Encoded when pushed (every `interval`), not here: this runs right after a call's
+        # answer went out, when the next call on the connection is arriving.
         with self._lock:
-            self._buf.append(record)
+            self._buf.append((row, charge))
             size = len(self._buf)
         try:
             loop = asyncio.get_running_loop()
@@ -176,7 +177,17 @@ class RedisLogSpool:
     def _take(self) -> list[str]:
         with self._lock:
             records, self._buf = self._buf, []
-        return records
+        encoded = [r if isinstance(r, str) else self._encode(r) for r in records]
+        return [r for r in encoded if r is not None]
+
+    @staticmethod
+    def _encode(record: tuple) -> str | None:
+        try:
+            return encode(*record)
+        except (TypeError, ValueError):  # a bug, not data loss to hide: loud, and the others go on
+            log.exception("request log: record of request %s cannot be encoded; dropped",
+                          (record[0] or {}).get("request_id") or getattr(record[1], "request_id", "?"))
+            return None
 
     def _put_back(self, records: list[str]) -> None:
         with self._lock:

@@ -263,3 +263,18 @@ async def test_a_drain_never_trims_records_pushed_after_a_restart(spool_biller, 
     assert await sync_to_async(spool.queued)() >= 1
     await sync_to_async(spool.drain)()
     assert await RequestLog.objects.acount() == 2
+
+
+@needs_redis
+def test_records_are_encoded_when_pushed_and_a_bad_one_does_not_sink_the_batch(spool, caplog):
+    # given a good record and one JSON cannot encode, buffered as the gateway adds them
+    good = {"request_id": "good-1", "price_snapshot": {}}
+    spool.add(row={"request_id": "bad-1", "price_snapshot": {"x": object()}})
+    spool.add(row=good)
+    assert spool.pending() == 2
+    # when the buffer is pushed
+    spool.push_sync()
+    # then the good one is in Redis, the bad one was dropped loudly
+    queued = [decode(raw)[0]["request_id"] for raw in spool.sync.lrange(spool.key, 0, -1)]
+    assert queued == ["good-1"]
+    assert "bad-1" in caplog.text and "cannot be encoded" in caplog.text
