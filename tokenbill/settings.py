@@ -215,6 +215,9 @@ GATEWAY_TOTAL_TIMEOUT = envfloat("GATEWAY_TOTAL_TIMEOUT", 600.0)
 GATEWAY_BREAKER_THRESHOLD = envint("GATEWAY_BREAKER_THRESHOLD", 3)
 GATEWAY_BREAKER_COOLDOWN = envfloat("GATEWAY_BREAKER_COOLDOWN", 30.0)
 # How often a process checks whether the configuration changed (embedded default).
+# Freeze what startup loaded out of the garbage collector's reach (gateway/app.py _tune_gc).
+# Off under pytest: the gateway there shares the test runner's process.
+GATEWAY_GC_TUNING = envbool("GATEWAY_GC_TUNING", "pytest" not in sys.modules)
 GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Audio uploads (/v1/audio/transcriptions, /translations): the whole multipart body; OpenAI takes 25 MB files.
 GATEWAY_MAX_UPLOAD_BYTES = envint("GATEWAY_MAX_UPLOAD_BYTES", 26 * 1024 * 1024)

@@ -257,3 +257,21 @@ def test_key_last_used_is_written_in_batches_off_the_hot_path(live_gateway, worl
     while AccessKey.objects.get(pk=world_openai.key.pk).last_used_at is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert AccessKey.objects.get(pk=world_openai.key.pk).last_used_at is not None
+
+
+def test_gc_tuning_freezes_what_startup_loaded_when_on(settings):
+    import gc
+
+    from gateway.app import _tune_gc
+
+    before = gc.get_threshold()
+    try:
+        settings.GATEWAY_GC_TUNING = False
+        _tune_gc()
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+        settings.GATEWAY_GC_TUNING = True
+        _tune_gc()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == (20_000, 50, 100)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
