@@ -242,6 +242,40 @@ def test_clean_shutdown_flushes_buffered_logs_and_charges(real_biller, upstream)
     assert LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count() == 1
 
 
+def test_leased_calls_charge_exactly_and_shutdown_returns_the_lease(real_biller, upstream):
+    # given a VE with a large balance: with Redis, calls are admitted from a credit lease
+    from django.core.asgi import get_asgi_application
+
+    from tests.fakes.gateway_server import LiveServer
+    from tokenbill.routing import build_application
+
+    world = world_for(upstream, credits="1000000")
+    server = LiveServer(build_application(get_asgi_application())).start()
+    charges, balances = [], []
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=world.secret, max_retries=0)
+        for i in range(12):
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="chat", messages=[{"role": "user", "content": f"call {i}"}])
+            raw.parse()
+            charges.append(to_micros(raw.headers["x-tokenbill-charge"]))
+            balances.append(to_micros(raw.headers["x-tokenbill-balance"]))
+        if real_biller.budget.name == "redis":  # the slice is held while the process runs
+            assert asyncio.run(real_biller.budget.counters(world.ve.pk)).reserved > 0
+    finally:
+        # when the gateway shuts down cleanly
+        server.stop()
+    # then every header agrees with the ledger, and nothing stays reserved
+    real_biller.flush_sync()
+    budget, spend = ledger_sums(world.ve.pk)
+    assert LedgerEntry.objects.filter(virtual_endpoint=world.ve, kind="charge").count() == 12
+    assert sum(charges) == spend and all(c > 0 for c in charges)
+    assert balances[-1] == budget - spend
+    assert all(after == before - c for before, after, c in zip(balances, balances[1:], charges[1:]))
+    counters = asyncio.run(real_biller.budget.counters(world.ve.pk))
+    assert (counters.budget, counters.spend, counters.reserved) == (budget, spend, 0)
+
+
 def test_redis_restart_mid_run_loses_no_charge(live_gateway, real_biller, upstream):
     if real_biller.budget.name != "redis":
         pytest.skip("SQL counters cannot be lost to a Redis restart")
