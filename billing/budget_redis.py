@@ -264,6 +264,8 @@ class RedisBudget:
             return await self.settle(request_id=request_id, ve_id=ve_id, key_id=None, charge=charge, entry=entry)
         if charged == -1:
             raise RuntimeError(f"VE {ve_id} has no counters and none could be rebuilt")
+        if self.leases is not None:
+            self.leases.observe(ve_id, balance)
         return Settled(int(charged), int(balance), False)
 
     async def release_leases(self) -> None:

@@ -127,10 +127,11 @@ return amount
 
 
 class _Lease:
-    __slots__ = ("id", "left", "inflight", "open", "timer")
+    __slots__ = ("id", "granted", "left", "inflight", "open", "timer")
 
     def __init__(self, lease_id: str, amount: int):
         self.id = lease_id
+        self.granted = amount
         self.left = amount  # what new calls may still take
         self.inflight = 0  # calls admitted from it and not settled yet
         self.open = True  # takes new calls
@@ -189,6 +190,8 @@ class Leases:
         state = self._state(ve_id)
         if self._take(state, request_id, full):
             return full
+        if state.lease is not None and full * LEASE_MIN_CALLS > state.lease.granted:
+            return None  # a call too big for this slice: held per call, the slice stays
         loop = asyncio.get_running_loop()
         if state.renewing is None:
             if state.per_call_until > loop.time():
@@ -245,6 +248,11 @@ class Leases:
             budget = self.budget
             keys = [budget.k_ve(state.ve_id), f"{budget.k_ve(state.ve_id)}:holds", f"{budget.p}holds"]
             self._spawn(self._eval(CLOSE_LEASE, keys, [lease.id, state.ve_id], None), "lease return")
+
+    def observe(self, ve_id: int, balance: int) -> None:
+        """A per-call settle's reply: the balance Redis reported, for the leased calls' headers."""
+        state = self._state(ve_id)
+        state.balance = int(balance) - state.unconfirmed
 
     # --- settle ------------------------------------------------------------------------
 

@@ -273,3 +273,30 @@ async def test_shutdown_returns_leases_and_records_every_call(prefix):
     assert (await budget.counters(world.ve.pk)).reserved == 0
     assert await LedgerEntry.objects.filter(virtual_endpoint_id=world.ve.pk, kind="charge").acount() == 5
     assert await RequestLog.objects.filter(virtual_endpoint_id=world.ve.pk).acount() == 5
+
+
+async def test_a_call_too_big_for_the_slice_is_held_per_call_and_the_slice_stays(prefix):
+    budget = redis_budget(prefix)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    snaps = await sync_to_async(world.snap)()
+    small = world.ctx(snaps=snaps)
+    small_admission = await biller.admit(small)
+    lease = budget.leases._state(world.ve.pk).lease
+    assert lease is not None and small.request_id in budget.leases._calls
+    # when a call asks for far more output than the slice was sized for
+    big = world.ctx(snaps=snaps, max_tokens=50_000)
+    big_admission = await biller.admit(big)
+    # then it holds its own estimate in Redis, and the slice keeps serving small calls
+    assert big.request_id not in budget.leases._calls and big_admission.reserved * 4 > lease.granted
+    assert budget.leases._state(world.ve.pk).lease is lease and lease.open
+    during = await budget.counters(world.ve.pk)
+    assert during.reserved == lease.granted + big_admission.reserved
+    settlement = await biller.settle(big, big_admission, served(big, 10, 1000))
+    await biller.settle(small, small_admission, served(small))
+    await budget.release_leases()
+    await biller.flush()
+    counters = await budget.counters(world.ve.pk)
+    ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
+    assert (counters.spend, counters.reserved) == (ledger_spend, 0)
+    assert settlement.balance == ledger_budget - ledger_spend + 11_000_000  # before the small one settled
