@@ -103,8 +103,13 @@ class RealBiller:
         if self.budget.name != "redis":  # in-process limits cost nothing: check, then hold
             await self.limiter.check(ctx.ve, ctx.key, limit_tokens)
             return await self._reserve(ctx, full, minimum)
-        checked, reserved = await asyncio.gather(self.limiter.check(ctx.ve, ctx.key, limit_tokens),
-                                                 self._reserve(ctx, full, minimum), return_exceptions=True)
+        hold = asyncio.ensure_future(self._reserve(ctx, full, minimum))
+        try:
+            checked, reserved = await asyncio.gather(self.limiter.check(ctx.ve, ctx.key, limit_tokens),
+                                                     asyncio.shield(hold), return_exceptions=True)
+        except asyncio.CancelledError:  # the client left mid-admission: no settle will come
+            hold.add_done_callback(lambda t: self._release_if_held(ctx, t))
+            raise
         if isinstance(checked, BaseException):
             if isinstance(reserved, int) and reserved > 0:
                 await self._release(ctx)
@@ -121,6 +126,10 @@ class RealBiller:
             # No budget, no call: refusing is the only answer that cannot overspend.
             log.error("budget unavailable (%s): refusing request %s", type(exc).__name__, ctx.request_id)
             raise unavailable() from None
+
+    def _release_if_held(self, ctx: CallContext, hold: asyncio.Future) -> None:
+        if not hold.cancelled() and hold.exception() is None and hold.result() > 0:
+            _background(self._release(ctx), "release of an abandoned hold")
 
     async def _release(self, ctx: CallContext) -> None:
         await self.budget.settle(request_id=ctx.request_id, ve_id=ctx.ve.id, key_id=ctx.key.id, charge=0,

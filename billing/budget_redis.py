@@ -121,8 +121,11 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'L
   if h then
     local kid, amount = string.match(h, '^(%d*):(%d+)$')
     redis.call('HDEL', holds, rid)
-    redis.call('HINCRBY', ARGV[2] .. 've:' .. ve, 'reserved', s(-num(amount)))
-    if kid ~= '' then redis.call('HINCRBY', ARGV[2] .. 'key:' .. kid, 'reserved', s(-num(amount))) end
+    -- never on a missing hash: that would create one with a negative reservation and no
+    -- budget, which the next call would take for counters (the rebuild recounts holds)
+    local vk, kk = ARGV[2] .. 've:' .. ve, ARGV[2] .. 'key:' .. kid
+    if redis.call('EXISTS', vk) == 1 then redis.call('HINCRBY', vk, 'reserved', s(-num(amount))) end
+    if kid ~= '' and redis.call('EXISTS', kk) == 1 then redis.call('HINCRBY', kk, 'reserved', s(-num(amount))) end
     released = released + 1
   end
   redis.call('ZREM', KEYS[1], member)
@@ -275,7 +278,7 @@ class RedisBudget:
 
     async def counters(self, ve_id) -> Counters:
         if self.leases is not None:
-            await self.leases.settled()  # this process's own settles first
+            await self.leases.settled(upto=self.leases.sent)  # this process's settles so far first
         client, _ = self._scripts()
         values = await client.hmget(self.k_ve(ve_id), "budget", "spend", "reserved")
         if values[0] is None:

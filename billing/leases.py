@@ -11,11 +11,19 @@ removes both from the call's path while keeping every rule of the budget:
   count the whole slice as reserved. credit_spend + reserved <= credit_budget still holds
   in Redis at every instant; no call is admitted that its process's slice cannot pay.
 - Settle: one script per call (SETTLE_LEASE) moves the charge from the slice to spend and
-  records the unposted charge, exactly like the per-call settle. It is written to the
-  Redis socket before the answer leaves (`FastRedis.evalsha_now`), but not waited for:
-  the balance header is computed from the last balance Redis reported minus this
-  process's charges since. The request-log row and ledger entry are queued when Redis
-  confirms the charge, with the amount Redis actually took.
+  records the unposted charge, exactly like the per-call settle; a call takes at most its
+  own share (its hold) from the slice, so one call's overrun never eats another's. It is
+  written to the Redis socket before the answer leaves (`FastRedis.evalsha_now`), but not
+  waited for. The request-log row and ledger entry are queued when Redis confirms the
+  charge, with the amount Redis actually took. The script is safe to apply twice (a
+  charge already recorded under its request id is answered as it was), so a reply lost
+  with its connection is sent again for a few seconds; if Redis stays unreachable, the
+  call's share goes to the ledger and the slice is left reserved for the sweep, so what
+  the ledger says was spent stays covered.
+- The balance header (x-tokenbill-balance) of a leased call is the last balance Redis
+  reported to this process minus this process's charges since: exact for one worker;
+  with several worker processes it can miss what other workers charged in the last
+  moments (the ledger, /tokenbill, the console and the API are exact).
 
 When a lease is used (all of these): the budget is Redis, BILLING_LEASES is on, the key has
 no credit limit of its own (a key limit is checked per call), and the VE's available
@@ -50,6 +58,7 @@ log = logging.getLogger("tokenbill.billing")
 LEASE_CALLS = 64  # a lease is at most this many full call estimates ...
 LEASE_SHARE = 16  # ... and at most this share (1/16) of what the VE has available ...
 LEASE_MIN_CALLS = 4  # ... and is only taken when that comes to at least 4 call estimates.
+RETRY_DELAYS = (0, 0.05, 0.25, 1.0, 2.0, 4.0)  # a settle whose reply was lost is sent again
 
 _LIB = """
 local function s(x) return string.format('%d', x) end
@@ -82,20 +91,28 @@ return {0, amount, b - sp}
 """
 
 # KEYS: ve, key, ve holds, holds zset, unposted
-# ARGV: lease id, charge, ve id, key id, timestamp, close (1/0), request id
+# ARGV: lease id, charge, ve id, key id, timestamp, close (1/0), request id, the call's own share
+# A call takes at most its own share from the slice (its hold, sized when it was admitted):
+# usage above it is paid from the free balance or capped, never from the shares of the
+# slice's other calls. Applying it twice (a retry after a lost reply) changes nothing: a
+# charge already recorded under its request id is answered as it was.
 SETTLE_LEASE = _LIB + """
 local has_key = ARGV[4] ~= ''
 if redis.call('EXISTS', KEYS[1]) == 0 or (has_key and redis.call('EXISTS', KEYS[2]) == 0) then return {-1, 0, 0} end
+local v = redis.call('HMGET', KEYS[1], 'budget', 'spend', 'reserved')
+local b, sp, r = num(v[1]), num(v[2]), num(v[3])
+local charge = tonumber(ARGV[2])
+if charge > 0 then
+  local done = redis.call('HGET', KEYS[5], ARGV[7])
+  if done then return {num(string.match(done, ':(%d+):')), b - sp, redis.call('HEXISTS', KEYS[3], ARGV[1])} end
+end
 local held, alive = 0, 0
 local h = redis.call('HGET', KEYS[3], ARGV[1])
 if h then
   held = num(string.match(h, ':(%d+)$'))
   alive = 1
 end
-local v = redis.call('HMGET', KEYS[1], 'budget', 'spend', 'reserved')
-local b, sp, r = num(v[1]), num(v[2]), num(v[3])
-local charge = tonumber(ARGV[2])
-local take = math.min(charge, held)
+local take = math.min(charge, tonumber(ARGV[8]), held)
 if charge > take and charge - take > b - sp - r then charge = take end
 local back = 0
 if ARGV[6] == '1' then back = held - take end
@@ -127,14 +144,17 @@ return amount
 
 
 class _Lease:
-    __slots__ = ("id", "granted", "left", "inflight", "open", "timer")
+    __slots__ = ("id", "granted", "left", "inflight", "pending", "open", "closed", "keep", "timer")
 
     def __init__(self, lease_id: str, amount: int):
         self.id = lease_id
         self.granted = amount
         self.left = amount  # what new calls may still take
         self.inflight = 0  # calls admitted from it and not settled yet
+        self.pending = 0  # settles sent and not confirmed yet
         self.open = True  # takes new calls
+        self.closed = False  # its rest went back to the VE (or Redis lost it)
+        self.keep = False  # a settle could not be confirmed: the sweep returns it, not us
         self.timer = None
 
 
@@ -161,7 +181,8 @@ class Leases:
         self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {ve_id: _VeState}
         self._calls: dict[str, tuple[_VeState, _Lease, int]] = {}  # request id -> (state, lease, held)
         self._tasks: set[asyncio.Task] = set()
-        self._outstanding = 0  # settles sent and not answered yet
+        self._seq = 0  # settles sent, numbered
+        self._pending: set[int] = set()  # numbers of those not answered yet
 
     def _state(self, ve_id: int) -> _VeState:
         loop = asyncio.get_running_loop()
@@ -225,8 +246,8 @@ class Leases:
         if kind == -1:
             await budget.rebuild(ve_id)
             kind, amount, balance = await fast.evalsha(LEASE, keys, args)
-            if kind == -1:
-                raise RuntimeError(f"VE {ve_id} has no counters and none could be rebuilt")
+            if kind == -1:  # the key was deleted meanwhile: refused, as a per-call hold would be
+                return 0
         state.balance = int(balance) - state.unconfirmed
         if kind == 1:
             lease = state.lease = _Lease(lease_id, int(amount))
@@ -236,7 +257,7 @@ class Leases:
         return int(amount)
 
     def _retire(self, state: _VeState, lease: _Lease) -> None:
-        """No new calls from this lease; its last settle (or CLOSE_LEASE now) returns the rest."""
+        """No new calls from this lease; what is left goes back once its calls are settled."""
         if state.lease is lease:
             state.lease = None
         if not lease.open:
@@ -244,10 +265,17 @@ class Leases:
         lease.open = False
         if lease.timer is not None:
             lease.timer.cancel()
-        if lease.inflight == 0:
-            budget = self.budget
-            keys = [budget.k_ve(state.ve_id), f"{budget.k_ve(state.ve_id)}:holds", f"{budget.p}holds"]
-            self._spawn(self._eval(CLOSE_LEASE, keys, [lease.id, state.ve_id], None), "lease return")
+        self._maybe_close(state, lease)
+
+    def _maybe_close(self, state: _VeState, lease: _Lease) -> None:
+        """CLOSE_LEASE once the lease is retired and every settle from it is confirmed (a
+        settle retried after a lost reply must still find its slice)."""
+        if lease.open or lease.inflight or lease.pending or lease.closed or lease.keep:
+            return
+        lease.closed = True
+        budget = self.budget
+        keys = [budget.k_ve(state.ve_id), f"{budget.k_ve(state.ve_id)}:holds", f"{budget.p}holds"]
+        self._spawn(self._eval(CLOSE_LEASE, keys, [lease.id, state.ve_id], None), "lease return")
 
     def observe(self, ve_id: int, balance: int) -> None:
         """A per-call settle's reply: the balance Redis reported, for the leased calls' headers."""
@@ -258,24 +286,30 @@ class Leases:
 
     def settle(self, *, request_id: str, key_id, charge: int, on_confirmed) -> Settled | None:
         """Settle a call admitted from a lease (None: it was not). The script is written to
-        Redis now; `on_confirmed(charged)` is called once Redis answers (or fails to)."""
+        Redis now; `on_confirmed(charged)` is called once Redis answers (or fails to).
+        The gateway settles a call on the event loop that admitted it."""
         found = self._calls.pop(request_id, None)
         if found is None:
             return None
         state, lease, held = found
         lease.inflight -= 1
+        lease.pending += 1
         if lease.open:
-            lease.left += held - charge
-        close = not lease.open and lease.inflight == 0
+            lease.left += held - min(charge, held)
+        # The last settle of a retired lease returns the rest in the same script, unless an
+        # earlier settle of it still waits for its answer (then _maybe_close does it after).
+        close = not lease.open and lease.inflight == 0 and lease.pending == 1 and not lease.keep
         state.unconfirmed += charge
         state.balance -= charge
-        self._outstanding += 1
+        self._seq += 1
+        seq = self._seq
+        self._pending.add(seq)
         budget = self.budget
         ve = budget.k_ve(state.ve_id)
         keys = [ve, budget.k_key(key_id), f"{ve}:holds", f"{budget.p}holds", f"{ve}:unposted"]
-        args = [lease.id, charge, state.ve_id, key_id or "", int(time.time()), 1 if close else 0, request_id]
+        args = [lease.id, charge, state.ve_id, key_id or "", int(time.time()), 1 if close else 0, request_id, held]
         sent = budget._fast().evalsha_now(SETTLE_LEASE, keys, args)
-        call = (state, lease, keys, args, on_confirmed)
+        call = (state, lease, keys, args, on_confirmed, seq)
         if sent is None:  # no open connection: connect and send from a task
             self._spawn(self._confirm(call, None), "lease settle")
         else:  # a callback, not a task per call: this is the hot path
@@ -291,37 +325,54 @@ class Leases:
         self._spawn(self._confirm(call, sent), "lease settle")  # NOSCRIPT, lost counters, errors
 
     async def _confirm(self, call, sent) -> None:
-        state, lease, keys, args, _ = call
-        charged, balance, alive = args[1], None, 1
+        state, lease, keys, args, _, _ = call
         try:
-            charged, balance, alive = await self._eval(SETTLE_LEASE, keys, args, sent)
+            charged, balance, alive = await self._send_until_answered(keys, args, sent)
             if charged == -1:  # counters gone (an empty Redis): rebuild them from the ledger
                 await self.budget.rebuild(state.ve_id)
-                charged, balance, alive = await self._eval(SETTLE_LEASE, keys, args, None)
+                charged, balance, alive = await self._send_until_answered(keys, args, None)
             if charged == -1 and args[3] != "":  # the key was deleted meanwhile: the VE pays
                 keys, args = [keys[0], self.budget.k_key(None), *keys[2:]], [*args[:3], "", *args[4:]]
-                charged, balance, alive = await self._eval(SETTLE_LEASE, keys, args, None)
+                charged, balance, alive = await self._send_until_answered(keys, args, None)
             if charged == -1:
                 raise RuntimeError(f"VE {state.ve_id} has no counters and none could be rebuilt")
         except Exception as exc:
-            # Sent but not confirmed: Redis may or may not have applied it. The ledger entry
-            # is queued either way (idempotent by request id) and reconciliation brings the
-            # counters to the ledger; the slice it came from was reserved, so it is covered.
-            log.error("settle of request %s not confirmed by Redis (%s); the charge goes to the ledger",
-                      args[6], type(exc).__name__)
-            charged, balance, alive = args[1], None, 1
+            # Redis may or may not have applied it, and cannot say. The slice stays reserved
+            # (no CLOSE_LEASE: the expired-holds sweep returns it, long after reconciliation
+            # has brought spend to the ledger), so the call's own share is covered and goes
+            # to the ledger; usage above that share is left uncollected.
+            lease.keep = True
+            charged, balance, alive = min(args[1], args[7]), None, 1
+            log.error("settle of request %s not confirmed by Redis (%s); %s µcr go to the ledger, the credit "
+                      "lease stays reserved until the expired-holds sweep", args[6], type(exc).__name__, charged)
         self._done(call, charged, balance, alive)
 
+    async def _send_until_answered(self, keys, args, sent):
+        """SETTLE_LEASE until Redis answers: it is safe to apply twice (see the script), so
+        a reply lost with its connection is sent again over a new one for a few seconds."""
+        for delay in RETRY_DELAYS:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                return await self._eval(SETTLE_LEASE, keys, args, sent)
+            except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError is an OSError
+                sent, failure = None, exc
+        raise failure
+
     def _done(self, call, charged, balance, alive) -> None:
-        state, lease, _, args, on_confirmed = call
-        self._outstanding -= 1
+        state, lease, _, args, on_confirmed, seq = call
+        self._pending.discard(seq)
+        lease.pending -= 1
         state.unconfirmed -= args[1]
         if balance is not None:
             state.balance = int(balance) - state.unconfirmed
+        if args[5] == 1 or not alive:
+            lease.closed = True  # returned by this settle, or gone from Redis
         if not alive and lease.open:  # Redis lost the lease (restarted): stop taking from it
             log.warning("credit lease of VE %s gone from Redis; back to per-call holds", state.ve_id)
             lease.left = 0
             self._retire(state, lease)
+        self._maybe_close(state, lease)
         try:
             on_confirmed(int(charged))
         except Exception:
@@ -349,19 +400,30 @@ class Leases:
 
     # --- waiting for it all (shutdown, tests, reads) ------------------------------------
 
-    async def settled(self, timeout: float = 15.0) -> None:
-        """Wait until every settle and lease return this process sent has been answered
-        (FastRedis fails a reply that takes longer than its timeout, so this ends)."""
+    async def settled(self, upto: int | None = None, timeout: float = 15.0) -> None:
+        """Wait until the settles this process sent (those numbered up to `upto`, or all of
+        them and every lease return) have been answered. FastRedis fails a reply that
+        takes longer than its timeout, so this ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
+            if upto is not None:
+                if not any(seq <= upto for seq in self._pending):
+                    return
+                await asyncio.sleep(0.001)
+                continue
             pending = [t for t in self._tasks if t.get_loop() is loop and not t.done()]
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            elif self._outstanding:
+            elif self._pending:
                 await asyncio.sleep(0.001)
             else:
                 return
+
+    @property
+    def sent(self) -> int:
+        """The number of the last settle sent (for `settled(upto=...)`)."""
+        return self._seq
 
     async def release(self) -> None:
         """Retire every lease of this loop (the rest goes back to the VE) and wait for it."""

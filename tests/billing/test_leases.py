@@ -300,3 +300,122 @@ async def test_a_call_too_big_for_the_slice_is_held_per_call_and_the_slice_stays
     ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
     assert (counters.spend, counters.reserved) == (ledger_spend, 0)
     assert settlement.balance == ledger_budget - ledger_spend + 11_000_000  # before the small one settled
+
+
+async def test_a_settle_whose_reply_was_lost_is_sent_again_and_applied_once(prefix):
+    budget = redis_budget(prefix, seconds=60)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="1000000")
+    snaps = await sync_to_async(world.snap)()
+    first = world.ctx(snaps=snaps)
+    await biller.settle(first, await biller.admit(first), served(first))
+    await biller.flush()
+    # when the connection drops right after a settle was written (Redis ran it, the reply is lost)
+    ctx = world.ctx(snaps=snaps)
+    await biller.settle(ctx, await biller.admit(ctx), served(ctx))
+    budget._fast()._proto.fail(ConnectionError("dropped by the test"))
+    # and another settle never reaches Redis at all
+    lost = world.ctx(snaps=snaps)
+    admission = await biller.admit(lost)
+    fast = budget._fast()
+    real_send = fast.evalsha_now
+
+    def never_sent(*args):
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(ConnectionError("not sent"))
+        return fut
+
+    fast.evalsha_now = never_sent
+    await biller.settle(lost, admission, served(lost))
+    fast.evalsha_now = real_send
+    await biller.flush()
+    # then each is in Redis and in the ledger exactly once
+    counters = await budget.counters(world.ve.pk)
+    assert counters.spend == 3 * 11_000_000
+    ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
+    assert ledger_spend == 3 * 11_000_000
+    await budget.release_leases()
+    assert (await budget.counters(world.ve.pk)).reserved == 0
+
+
+async def test_usage_above_its_share_never_eats_the_other_calls_shares(prefix):
+    # given a small slice (1/16 of 2,000 credits) serving two calls, and nothing free
+    # besides it (other processes hold the rest)
+    budget = redis_budget(prefix, seconds=60)
+    biller = biller_on(budget)
+    world = await sync_to_async(make_world)(credits="2000")
+    snaps = await sync_to_async(world.snap)()
+    a, b = world.ctx(snaps=snaps), world.ctx(snaps=snaps)
+    admission_a, admission_b = await biller.admit(a), await biller.admit(b)
+    assert a.request_id in budget.leases._calls and b.request_id in budget.leases._calls
+    free = (await budget.counters(world.ve.pk)).available
+    budget._sync.hincrby(budget.k_ve(world.ve.pk), "reserved", free)
+    try:
+        # when A reports far more usage than its hold
+        settled_a = await biller.settle(a, admission_a, served(a, 10, 10_000))
+        settled_b = await biller.settle(b, admission_b, served(b))
+        await biller.flush()
+    finally:
+        budget._sync.hincrby(budget.k_ve(world.ve.pk), "reserved", -free)
+    # then A is capped at its own share and B still pays in full from its own
+    rows = {r.request_id: r async for r in RequestLog.objects.filter(virtual_endpoint_id=world.ve.pk)}
+    assert rows[a.request_id].charge == admission_a.reserved < settled_a.charge
+    assert rows[a.request_id].price_snapshot["uncollected"] > 0
+    assert rows[b.request_id].charge == settled_b.charge == 11_000_000
+    ledger_budget, ledger_spend = await sync_to_async(ledger_sums)(world.ve.pk)
+    assert ledger_spend == admission_a.reserved + 11_000_000 <= ledger_budget
+
+
+async def test_a_client_gone_during_a_rate_limited_admission_leaves_no_hold(prefix):
+    class SlowLimiter:
+        async def check(self, ve, key, tokens):
+            await asyncio.sleep(10)
+
+    budget = redis_budget(prefix, seconds=60)
+    biller = RealBiller(budget=budget, limiter=SlowLimiter(), writer=LogWriter(interval=0.05), rates=RateBook())
+    world = await sync_to_async(make_world)(credits="1000000", ve_kw={"requests_per_minute": 1000})
+    ctx = await sync_to_async(world.ctx)()
+    # when the call is cancelled while its rate limit is being checked
+    task = asyncio.ensure_future(biller.admit(ctx))
+    await asyncio.sleep(0.2)
+    assert ctx.request_id in budget.leases._calls  # its share was taken
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
+    # then the share went back: nothing in flight, and the slice returns whole
+    assert budget.leases._calls == {}
+    await budget.release_leases()
+    after = await budget.counters(world.ve.pk)
+    assert (after.reserved, after.spend) == (0, 0)
+
+
+async def test_reading_counters_waits_only_for_settles_sent_before(prefix):
+    budget = redis_budget(prefix)
+    world = await sync_to_async(make_world)(credits="1000000")
+    await budget.counters(world.ve.pk)
+    budget.leases._pending.add(budget.leases.sent + 1)  # a settle sent after the read began
+    try:
+        counters = await asyncio.wait_for(budget.counters(world.ve.pk), 2)
+    finally:
+        budget.leases._pending.clear()
+    assert counters.budget == 1_000_000_000_000
+
+
+def test_the_sweep_never_creates_counters_for_a_vanished_ve(prefix, settings):
+    budget = redis_budget(prefix)
+    settings.GATEWAY_TOTAL_TIMEOUT = -120
+    world = make_world(credits="1000000")
+
+    async def hold():
+        ctx = world.ctx(snaps=snaps)
+        return await budget.reserve(request_id=ctx.request_id, ve_id=world.ve.pk, key_id=world.key.pk,
+                                    full=5_000_000, minimum=1, key_limit=5_000_000_000)  # a per-call hold
+
+    snaps = world.snap()
+    assert asyncio.run(hold()) == 5_000_000
+    # when Redis loses the VE's counters (evicted) and the sweep releases the hold
+    budget._sync.delete(budget.k_ve(world.ve.pk), budget.k_key(world.key.pk))
+    assert budget.release_expired() == 1
+    # then no counters with a negative reservation were made up: the next call rebuilds them
+    assert not budget._sync.exists(budget.k_ve(world.ve.pk), budget.k_key(world.key.pk))
