@@ -105,7 +105,10 @@ class LogWriter:
         return len(self._rows) + len(self._charges)
 
     async def flush(self) -> int:
-        if not self.pending():
+        # Nothing buffered and no batch being written: done. A batch the timer took is
+        # waited for (flush_sync takes the write lock after it): after flush, every row
+        # added before it is in the database.
+        if not self.pending() and not self._write_lock.locked():
             return 0
         # Its own thread, not Django's shared "sync thread": a big batch must never make the
         # gateway's other sync_to_async work (budget steps, cache reads) wait behind it.

@@ -90,3 +90,34 @@ def test_without_ignore_conflicts_a_duplicate_fails_the_whole_batch():
 def test_an_unknown_key_is_an_error_not_a_silent_drop():
     with pytest.raises(TypeError, match="no field"):
         insert_rows(LedgerEntry, [dict(virtual_endpoint_id=1, kind="charge", amount=5, idempotency_key="x", oops=1)])
+
+
+def test_flush_waits_for_a_batch_the_timer_is_writing(transactional_db):
+    # given a writer whose timer took the buffer and is still writing it
+    import asyncio
+    import threading
+    import time
+    import uuid
+    from datetime import UTC, datetime
+
+    from billing.models import RequestLog
+    from billing.requestlog import LogWriter
+    from tests import factories
+
+    class SlowWriter(LogWriter):
+        def _write(self, rows, charges):
+            time.sleep(0.3)
+            super()._write(rows, charges)
+
+    ve = factories.make_ve(factories.make_org())
+    writer = SlowWriter(interval=3600)
+    writer.add(row=dict(request_id=uuid.uuid4().hex, organization_id=ve.organization_id, virtual_endpoint_id=ve.pk,
+                        endpoint="chat.completions", started_at=datetime.now(UTC)))
+    timer = threading.Thread(target=writer.flush_sync)
+    timer.start()
+    time.sleep(0.05)
+    assert writer.pending() == 0  # taken by the "timer"
+    # when a caller flushes, then the batch in flight is in the database afterwards
+    asyncio.run(writer.flush())
+    assert RequestLog.objects.filter(virtual_endpoint=ve).count() == 1
+    timer.join()
