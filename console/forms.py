@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from django import forms
-from django.conf import settings
 from django.utils import timezone
 
 from billing.models import ExchangeRate, RequestStatus
@@ -289,13 +288,7 @@ class OrganizationSettingsForm(forms.ModelForm):
 
     def clean_alert_webhook_url(self):
         url = self.cleaned_data["alert_webhook_url"]
-        if not url:
-            return url
-        try:
-            netguard.check_url(url, allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
-        except netguard.UnsafeURL as exc:
-            # The reason only, never the resolved address: a form must not map internal DNS.
-            raise forms.ValidationError(f"Refused: {exc}. The webhook must be a public http(s) address.") from None
+        netguard.validate_webhook_url(url)
         return url
 
 

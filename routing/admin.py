@@ -30,6 +30,7 @@ from routing.models import (
     VirtualEndpoint,
     hash_secret,
 )
+from tokenbill import netguard
 
 
 class ConfigChangingAdmin(admin.ModelAdmin):
@@ -58,8 +59,22 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class OrganizationForm(forms.ModelForm):
+    class Meta:
+        model = Organization
+        exclude = ["alert_webhook_secret"]
+
+    def clean_alert_webhook_url(self):
+        # The same SSRF guard as the console's settings form: an operator must not be able to
+        # aim the alerts at 127.0.0.1 or the metadata service either.
+        url = self.cleaned_data["alert_webhook_url"]
+        netguard.validate_webhook_url(url)
+        return url
+
+
 @admin.register(Organization)
 class OrganizationAdmin(ConfigChangingAdmin):
+    form = OrganizationForm
     list_display = ["name", "slug", "markup", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}

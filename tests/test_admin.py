@@ -1,5 +1,7 @@
 """Every routing and billing model has a working admin, and no page shows a secret."""
 
+from decimal import Decimal
+
 import pytest
 from django.apps import apps
 from django.contrib import admin
@@ -167,3 +169,54 @@ def test_grant_credits_action_refuses_amounts_the_counters_cannot_hold(admin_cli
     assert both.status_code == 200
     assert list(LedgerEntry.objects.values_list("virtual_endpoint_id", flat=True)) == [fine.pk]
     assert any("past what can be stored" in str(m) for m in both.context["messages"])
+
+
+# --- the alert webhook: the same SSRF guard as the console (tokenbill/netguard.py) -----------
+
+
+@pytest.fixture
+def webhook_dns(monkeypatch, settings):
+    """hooks.shop.test resolves to a public address without the network; private targets are
+    refused whatever the environment says."""
+    import socket
+
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = False
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "hooks.shop.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _post_org(admin_client, org, url):
+    data = {"name": org.name, "slug": org.slug, "markup": "1.2", "alert_webhook_url": url,
+            "memberships-TOTAL_FORMS": 0, "memberships-INITIAL_FORMS": 0}
+    return admin_client.post(reverse("admin:routing_organization_change", args=[org.pk]), data)
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://127.0.0.1/hook?token=s3cret", "a loopback address"),
+    ("http://169.254.169.254/latest/meta-data/", "a cloud metadata address"),
+])
+def test_admin_refuses_an_internal_alert_webhook_with_a_form_error(admin_client, org, webhook_dns, url, reason):
+    # when an operator saves an internal address
+    response = _post_org(admin_client, org, url)
+    # then the form comes back with the reason on the field, and nothing is saved
+    assert response.status_code == 200
+    [error] = response.context["adminform"].form.errors["alert_webhook_url"]
+    assert error == f"Refused: the host resolves to {reason}. The webhook must be a public http(s) address."
+    assert error in response.content.decode()
+    org.refresh_from_db()
+    assert org.alert_webhook_url == ""
+
+
+def test_admin_accepts_a_public_alert_webhook(admin_client, org, webhook_dns):
+    # when
+    response = _post_org(admin_client, org, "https://hooks.shop.test/hook")
+    # then
+    assert response.status_code == 302, response.content.decode()[:2000]
+    org.refresh_from_db()
+    assert org.alert_webhook_url == "https://hooks.shop.test/hook" and org.markup == Decimal("1.2")

@@ -20,6 +20,8 @@ import ipaddress
 import socket
 
 import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -54,6 +56,21 @@ def check_url(url: str, *, allow_private: bool = False) -> list[IPAddress]:
     addresses.
     """
     return _check(_parse(url), allow_private=allow_private)
+
+
+def validate_webhook_url(url: str) -> None:
+    """Django validator for a merchant-chosen webhook URL, shared by every form that saves
+    one (the console's settings and the operator admin): a ValidationError with the reason
+    unless check_url accepts it under ALERT_WEBHOOK_ALLOW_PRIVATE. An empty URL (no
+    webhook) passes."""
+    if not url:
+        return
+    try:
+        check_url(url, allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
+    except UnsafeURL as exc:
+        # The reason only, never the resolved address: a form must not map internal DNS.
+        raise ValidationError(f"Refused: {exc}. The webhook must be a public http(s) address.",
+                              code="unsafe_url") from None
 
 
 def _check(parsed: httpx.URL, *, allow_private: bool) -> list[IPAddress]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -43,7 +44,27 @@ def org_settings(request):
             config_changed()  # markup is part of every price the gateway computes
         return done(request, reverse("console:org_settings"), "Settings saved.")
     status = 422 if form.is_bound and form.errors else 200
-    return render_page(request, "console/org_settings.html", {"form": form}, status=status)
+    # Only those who may edit the settings see the whole URL (in the form): its path or query
+    # may carry the receiver's secret token. Everyone else sees where alerts go, not how.
+    context = {"form": form, "alert_webhook_masked": _masked_url(request.org.alert_webhook_url)}
+    return render_page(request, "console/org_settings.html", context, status=status)
+
+
+def _masked_url(url: str) -> str:
+    """Scheme, host and port of `url` ("https://hooks.example.com/…"), none of the parts that
+    may hold a credential (user, password, path, query); "set" if it cannot be parsed, empty
+    for no URL."""
+    if not url:
+        return ""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "set"
+    if not parsed.host:
+        return "set"
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{host}{port}/…"
 
 
 @console_view(read=Role.VIEWER, write=Role.OWNER)

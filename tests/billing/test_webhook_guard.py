@@ -1,5 +1,6 @@
 """The alert webhook reaches only public addresses (tokenbill/netguard.py): checked when a
-merchant saves the URL and again right before each send, unless ALERT_WEBHOOK_ALLOW_PRIVATE.
+merchant (console) or an operator (admin, tests/test_admin.py) saves the URL and again right
+before each send, unless ALERT_WEBHOOK_ALLOW_PRIVATE.
 
 No network here: names under `.test` resolve through the `dns` fixture's table."""
 
@@ -78,7 +79,8 @@ def hook_server():
 
 
 def _alert(org, url: str) -> None:
-    """Save `url` as org's webhook the way the admin could (no form), then cross a threshold."""
+    """Save `url` as org's webhook without a form (as a row saved before the check existed), then
+    cross a threshold."""
     org.alert_webhook_url = url
     org.save()
     factories.make_member(org, Role.OWNER)
@@ -206,7 +208,7 @@ def test_console_form_accepts_a_lan_webhook_when_private_targets_are_allowed(org
 
 
 def test_send_time_refusal_sends_nothing_and_logs_without_the_query(org, hook_server, caplog, mailoutbox):
-    # given a URL on 127.0.0.1 saved without the form (the admin, or before this check existed)
+    # given a URL on 127.0.0.1 saved without a form (before this check existed)
     port, received = hook_server
     caplog.set_level(logging.WARNING, logger="billing.alerts")
     # when the balance crosses the threshold
