@@ -111,3 +111,17 @@ def _drop_billing_redis_keys():
             if names:
                 client.delete(*names)
         client.close()
+
+
+@pytest.fixture
+def mid_window(monkeypatch):
+    """Rate-limit windows are fixed minutes (billing/ratelimit.py): pin the limiter's clock
+    to the middle of one, so a test's calls never straddle two windows (a test that ran
+    across a minute boundary once saw its third call admitted)."""
+    import types
+
+    from billing import ratelimit
+
+    now = int(time.time() // ratelimit.WINDOW) * ratelimit.WINDOW + ratelimit.WINDOW / 2
+    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(time=lambda: now))
+    return now

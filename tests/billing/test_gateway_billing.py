@@ -207,7 +207,7 @@ def test_model_without_any_price_is_a_clear_error_not_free(live_gateway, real_bi
     assert len(upstream.requests) == 0
 
 
-def test_rate_limit_per_minute_gives_429_with_retry_after(live_gateway, real_biller, upstream):
+def test_rate_limit_per_minute_gives_429_with_retry_after(live_gateway, real_biller, upstream, mid_window):
     world = world_for(upstream, ve_kw={"requests_per_minute": 2})
     sdk = openai.OpenAI(base_url=f"{live_gateway.url}/v1", api_key=world.secret, max_retries=0)
     for _ in range(2):

@@ -65,7 +65,7 @@ class _Key:
 
 
 @pytest.mark.parametrize("make", ["memory", "redis"])
-async def test_requests_per_minute_per_ve_and_per_key(make):
+async def test_requests_per_minute_per_ve_and_per_key(make, mid_window):
     limiter = _limiter(make)
     ve = _VE(rpm=3, id=time.time_ns() % 10**9)
     # two keys share the VE's 3 requests a minute
@@ -78,7 +78,7 @@ async def test_requests_per_minute_per_ve_and_per_key(make):
 
 
 @pytest.mark.parametrize("make", ["memory", "redis"])
-async def test_tokens_per_minute_counts_prompt_and_output(make):
+async def test_tokens_per_minute_counts_prompt_and_output(make, mid_window):
     limiter = _limiter(make)
     ve = _VE(tpm=1000, id=time.time_ns() % 10**9)
     await limiter.check(ve, _Key(1), 5000)  # larger than a window: let through when the window is empty
@@ -102,7 +102,7 @@ def _limiter(make):
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the Redis limiter and budget need REDIS_URL (the PostgreSQL + "
                                                      "Redis pass runs this)")
-async def test_a_rate_limited_call_holds_nothing_and_check_and_hold_share_one_round_trip():
+async def test_a_rate_limited_call_holds_nothing_and_check_and_hold_share_one_round_trip(mid_window):
     import asyncio
     import uuid
 
