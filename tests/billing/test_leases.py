@@ -46,6 +46,18 @@ def biller_on(budget) -> RealBiller:
     return RealBiller(budget=budget, limiter=MemoryLimiter(), writer=LogWriter(interval=0.05), rates=RateBook())
 
 
+async def leased(prefix: str, seconds: float = 2.0):
+    """A Redis budget with leases, its biller, and a VE with a balance large enough for them."""
+    budget = redis_budget(prefix, seconds)
+    world = await sync_to_async(make_world)(credits="1000000")
+    return budget, biller_on(budget), world, await sync_to_async(world.snap)()
+
+
+async def one_call(biller, world, snaps, output_tokens: int = 50):
+    ctx = world.ctx(snaps=snaps)
+    return await biller.settle(ctx, await biller.admit(ctx), served(ctx, 10, output_tokens))
+
+
 @pytest.fixture
 def prefix(transactional_db):
     prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
@@ -75,10 +87,7 @@ class CountingFast:
 
 async def test_leased_calls_wait_for_no_redis_round_trip_and_count_every_credit(prefix):
     # given a VE with a large balance (a lease is 64 call estimates, far below 1/16 of it)
-    budget = redis_budget(prefix)
-    biller = biller_on(budget)
-    world = await sync_to_async(make_world)(credits="1000000")
-    snaps = await sync_to_async(world.snap)()
+    budget, biller, world, snaps = await leased(prefix)
     first = world.ctx(snaps=snaps)
     await biller.settle(first, await biller.admit(first), served(first))  # takes the lease
     counting = CountingFast(budget._fast())
@@ -127,10 +136,7 @@ async def test_the_lease_holds_its_slice_in_redis_and_returns_what_is_left(prefi
 
 
 async def test_a_retired_lease_is_returned_by_its_last_call_in_flight(prefix):
-    budget = redis_budget(prefix, seconds=0.05)
-    biller = biller_on(budget)
-    world = await sync_to_async(make_world)(credits="1000000")
-    snaps = await sync_to_async(world.snap)()
+    budget, biller, world, snaps = await leased(prefix, seconds=0.05)
     # given calls admitted from a lease that retires while they run
     calls = [world.ctx(snaps=snaps) for _ in range(3)]
     admissions = [await biller.admit(c) for c in calls]
@@ -230,12 +236,8 @@ async def test_a_dead_process_lease_is_released_by_the_expired_holds_sweep(prefi
 
 
 async def test_redis_losing_the_lease_stops_the_process_taking_from_it(prefix):
-    budget = redis_budget(prefix, seconds=60)
-    biller = biller_on(budget)
-    world = await sync_to_async(make_world)(credits="1000000")
-    snaps = await sync_to_async(world.snap)()
-    first = world.ctx(snaps=snaps)
-    await biller.settle(first, await biller.admit(first), served(first))
+    budget, biller, world, snaps = await leased(prefix, seconds=60)
+    await one_call(biller, world, snaps)  # takes the lease
     await biller.flush()
     # when Redis comes back empty while the process holds a lease
     assert budget.delete_all_keys() > 0
@@ -276,10 +278,7 @@ async def test_shutdown_returns_leases_and_records_every_call(prefix):
 
 
 async def test_a_call_too_big_for_the_slice_is_held_per_call_and_the_slice_stays(prefix):
-    budget = redis_budget(prefix)
-    biller = biller_on(budget)
-    world = await sync_to_async(make_world)(credits="1000000")
-    snaps = await sync_to_async(world.snap)()
+    budget, biller, world, snaps = await leased(prefix)
     small = world.ctx(snaps=snaps)
     small_admission = await biller.admit(small)
     lease = budget.leases._state(world.ve.pk).lease
@@ -303,12 +302,8 @@ async def test_a_call_too_big_for_the_slice_is_held_per_call_and_the_slice_stays
 
 
 async def test_a_settle_whose_reply_was_lost_is_sent_again_and_applied_once(prefix):
-    budget = redis_budget(prefix, seconds=60)
-    biller = biller_on(budget)
-    world = await sync_to_async(make_world)(credits="1000000")
-    snaps = await sync_to_async(world.snap)()
-    first = world.ctx(snaps=snaps)
-    await biller.settle(first, await biller.admit(first), served(first))
+    budget, biller, world, snaps = await leased(prefix, seconds=60)
+    await one_call(biller, world, snaps)  # takes the lease
     await biller.flush()
     # when the connection drops right after a settle was written (Redis ran it, the reply is lost)
     ctx = world.ctx(snaps=snaps)
