@@ -21,4 +21,4 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \
 USER tokenbill
 
 EXPOSE 8000
-CMD ["sh", "-c", "uvicorn tokenbill.asgi:application --host 0.0.0.0 --port 8000 --workers ${WEB_WORKERS:-4} --proxy-headers --forwarded-allow-ips='*'"]
+CMD ["sh", "-c", "uvicorn tokenbill.asgi:application --http tokenbill.server_protocol:HttpToolsProtocol --host 0.0.0.0 --port 8000 --workers ${WEB_WORKERS:-4} --proxy-headers --forwarded-allow-ips='*'"]

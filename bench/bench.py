@@ -139,12 +139,12 @@ def run_once(billing: bool, duration: int) -> None:
                                 stdout=subprocess.DEVNULL, start_new_session=True)
         procs.append(fake)
         app = os.environ.get("BENCH_APP") or ("tokenbill.asgi:application" if billing else "bench.null_billing_asgi:application")
-        if PROFILE and not PYSPY:  # cProfile the gateway (bench/profile_gateway.py prints the top on SIGTERM)
+        if PROFILE and not PYSPY and PROFILE != "strace":  # cProfile the gateway (bench/profile_gateway.py prints the top on SIGTERM)
             cmd = [PY, "bench/profile_gateway.py", str(gw_port), "0"]
             env = {**env, "BENCH_BILLING": "on" if billing else "off"}
         else:
             cmd = [PY, "-m", "uvicorn", app, "--port", str(gw_port), "--workers", "1", "--loop", "uvloop",
-                   "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+                   "--http", os.environ.get("BENCH_HTTP", "tokenbill.server_protocol:HttpToolsProtocol"), "--no-access-log", "--log-level", "warning"]
         gw = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
         procs.append(gw)
         wait_port(fake_port)
@@ -160,7 +160,7 @@ def run_once(billing: bool, duration: int) -> None:
         if PYSPY:
             out = Path(tmp) / "pyspy.txt"
             spy = subprocess.Popen([shutil.which("py-spy") or str(Path(PY).parent / "py-spy"), "record", "-p",
-                                    str(gw.pid), "-d", str(duration), "-r", "250", "--threads", "--gil", "--nonblocking", "-f", "raw",
+                                    str(gw.pid), "-d", str(duration), "-r", "250", *os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split(), "-f", "raw",
                                     "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             conns, stream = int(os.environ.get("BENCH_CONNS", "16")), os.environ.get("BENCH_STREAM") == "1"
             r = wrk(gw_url, key, "bench", conns, stream, duration)
@@ -171,8 +171,22 @@ def run_once(billing: bool, duration: int) -> None:
             if os.environ.get("BENCH_PYSPY_KEEP"):
                 shutil.copy(out, os.environ["BENCH_PYSPY_KEEP"])
             return
+        if PROFILE == "strace":  # system calls per request of the gateway (all threads), c=1
+            conns, stream = int(os.environ.get("BENCH_CONNS", "1")), os.environ.get("BENCH_STREAM") == "1"
+            tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(gw.pid)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            r = wrk(gw_url, key, "bench", conns, stream, duration)
+            tracer.send_signal(signal.SIGINT)
+            table = tracer.communicate(timeout=30)[1]
+            print(f"gateway system calls per request (c={conns}{' stream' if stream else ''}, {r['requests']} requests):")
+            for line in table.splitlines():
+                cols = line.split()
+                if len(cols) >= 5 and cols[3].isdigit():
+                    print(f"  {cols[-1]:<16} {int(cols[3]) / max(r['requests'], 1):7.2f}")
+            return
         if PROFILE:
-            wrk(gw_url, key, "bench", 16, PROFILE == "stream", duration)
+            wrk(gw_url, key, "bench", int(os.environ.get("BENCH_CONNS", "16")), PROFILE == "stream", duration)
             return
         direct = measure("direct", direct_url, "sk-bench", "fake-model", {"upstream": fake.pid}, duration)
         via = measure("gateway", gw_url, key, "bench", pids, duration)

@@ -21,7 +21,7 @@ def main(port: int, seconds: float) -> None:
         from bench.null_billing_asgi import application
     else:
         from tokenbill.asgi import application
-    server = uvicorn.Server(uvicorn.Config(application, port=port, loop="uvloop", http="httptools",
+    server = uvicorn.Server(uvicorn.Config(application, port=port, loop="uvloop", http="tokenbill.server_protocol:HttpToolsProtocol",
                                            access_log=False, log_level="warning"))
     if seconds > 0:  # else: until SIGTERM (uvicorn stops cleanly, then the stats print)
         threading.Timer(seconds, lambda: setattr(server, "should_exit", True)).start()

@@ -58,6 +58,7 @@ def main() -> int:
     try:
         supervisor.start("fake-upstream", [PY, "manage.py", "fake_upstream", "--port", str(upstream_port)], env)
         supervisor.start("web", [PY, "-m", "uvicorn", "tokenbill.asgi:application", "--host", host,
+                                 "--http", "tokenbill.server_protocol:HttpToolsProtocol",
                                  "--port", str(port), "--lifespan", "on", "--log-level", "info"], env)
         supervisor.start("celery", [PY, "-m", "celery", "-A", "tokenbill", "worker", "-B", "--pool=solo",
                                     # beat's every-5-seconds flush would bury the banner at "info"

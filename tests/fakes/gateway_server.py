@@ -23,7 +23,7 @@ class LiveServer:
 
     def start(self) -> "LiveServer":
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                                loop="asyncio", http="httptools", access_log=False)
+                                loop="asyncio", http="tokenbill.server_protocol:HttpToolsProtocol", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="gateway-under-test")
         self.thread.start()
