@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 from django.conf import settings
 
 from billing.gate import Admission, Outcome
@@ -84,7 +83,7 @@ async def run(model: LogicalModelSnap, admission: Admission, outcome: Outcome, a
             await breaker.failure(pm.id)
             kinds.append("timeout")
             continue
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # connection refused or lost, malformed HTTP or JSON
             outcome.attempts.append(_attempt(route, 0, type(exc).__name__, started))
             await breaker.failure(pm.id)
             kinds.append("bad_answer")

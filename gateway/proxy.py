@@ -318,7 +318,7 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
             return
         outcome.status = "upstream_error"
         outcome.error_code = "stream_interrupted"
-        if not isinstance(exc, (UpstreamError, OSError, asyncio.TimeoutError)) and "aiohttp" not in type(exc).__module__:
+        if not isinstance(exc, (UpstreamError, OSError, asyncio.TimeoutError)):
             log.exception("gateway: unexpected error while relaying a stream")
         error = errors.GatewayError(502, "The upstream model failed while streaming.", type="api_error",
                                     code="stream_interrupted")

@@ -1,10 +1,11 @@
 """The process's pooled upstream HTTP client and the SSE reader.
 
-aiohttp.ClientSession directly, chosen by measurement (bench/client_compare.py; figures
-in the README): on this 2-core machine, behind one uvicorn worker, the httpx API over
-the aiohttp transport (httpx-aiohttp) costs roughly twice the CPU per call of a bare
-aiohttp session. One session (and connection pool) per event loop, i.e. per process
-in production; tests start several servers in threads, each with its own loop.
+gateway/httpclient.py, chosen by measurement (bench/client_compare.py; figures in the
+README): on this 2-core machine, behind one uvicorn worker, aiohttp's ClientSession cost
+~165 us of CPU per call more than a plain protocol, and the httpx API over the aiohttp
+transport (httpx-aiohttp) about twice a bare aiohttp session. One pool of keep-alive
+connections per event loop, i.e. per process in production; tests start several servers
+in threads, each with its own loop.
 """
 
 from __future__ import annotations
@@ -12,92 +13,32 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
-from yarl import URL
-
 from gateway.adapters.base import HttpCall, SSEEvent
+from gateway.httpclient import Pool, Response
 from routing.snapshot import ProviderSnap
 
-_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_pools: dict[asyncio.AbstractEventLoop, Pool] = {}
 
 
-def session() -> aiohttp.ClientSession:
+def pool() -> Pool:
     loop = asyncio.get_running_loop()
-    s = _sessions.get(loop)
-    if s is None or s.closed:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
-        s = aiohttp.ClientSession(
-            connector=connector, json_serialize=json.dumps, auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
-        _sessions[loop] = s
-    return s
+    p = _pools.get(loop)
+    if p is None:
+        p = _pools[loop] = Pool(loop)
+    return p
 
 
 async def close() -> None:
-    loop = asyncio.get_running_loop()
-    s = _sessions.pop(loop, None)
-    if s is not None:
-        await s.close()
+    p = _pools.pop(asyncio.get_running_loop(), None)
+    if p is not None:
+        p.close()
 
 
-_timeouts: dict[tuple[float, float, float], aiohttp.ClientTimeout] = {}
-
-
-def _timeout(provider: ProviderSnap, remaining: float) -> aiohttp.ClientTimeout:
-    # Rounded so the cache stays small; ClientTimeout construction is not free on the hot path.
-    total = round(min(remaining, 86400.0), 1)
-    key = (provider.connect_timeout, provider.read_timeout, total)
-    t = _timeouts.get(key)
-    if t is None:
-        if len(_timeouts) > 4096:
-            _timeouts.clear()
-        t = _timeouts[key] = aiohttp.ClientTimeout(
-            total=total, sock_connect=provider.connect_timeout, sock_read=provider.read_timeout
-        )
-    return t
-
-
-_urls: dict[str, URL] = {}
-
-
-def _url(raw: str) -> URL:
-    # Parsing a URL is a visible share of aiohttp's per-request cost; upstream URLs repeat.
-    url = _urls.get(raw)
-    if url is None:
-        if len(_urls) > 4096:
-            _urls.clear()
-        url = _urls[raw] = URL(raw)
-    return url
-
-
-async def send(call: HttpCall, provider: ProviderSnap, remaining: float) -> aiohttp.ClientResponse:
-    """Send the call; the caller reads and releases the response."""
+async def send(call: HttpCall, provider: ProviderSnap, remaining: float) -> Response:
+    """Send the call; the caller reads and closes the response (`async with resp`)."""
     data = json.dumps(call.json).encode() if call.json is not None else call.data
-    return await session().request(
-        call.method, _url(call.url), data=data, headers=call.headers, timeout=_timeout(provider, remaining),
-        allow_redirects=False,
-    )
-
-
-async def sse_events(resp: aiohttp.ClientResponse):
-    """Yield SSEEvents as lines arrive (no buffering beyond one event)."""
-    data_lines: list[str] = []
-    event = ""
-    async for raw in resp.content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data_lines:
-                yield SSEEvent(data="\n".join(data_lines), event=event)
-                data_lines = []
-            event = ""
-        elif line.startswith("data:"):
-            data_lines.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        # comments (":...") and other fields are ignored
-    if data_lines:
-        yield SSEEvent(data="\n".join(data_lines), event=event)
+    return await pool().request(call.method, call.url, call.headers, data, connect_timeout=provider.connect_timeout,
+                                read_timeout=provider.read_timeout, total=min(remaining, 86400.0))
 
 
 def _event(block: bytes) -> SSEEvent | None:
@@ -111,7 +52,7 @@ def _event(block: bytes) -> SSEEvent | None:
     return SSEEvent(data="\n".join(data_lines), event=event) if data_lines else None
 
 
-async def sse_batches(resp: aiohttp.ClientResponse):
+async def sse_batches(resp: Response):
     """Yield, per network read, the list of complete SSE events it brought. Events that
     arrived together are relayed together (one send to the client, not one per line):
     nothing waits for more data than what already arrived."""

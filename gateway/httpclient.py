@@ -1,0 +1,460 @@
+"""The gateway's upstream HTTP/1.1 client: pooled keep-alive connections, one write per
+request, answers parsed by httptools (llhttp, the parser uvicorn uses for the other side).
+
+Why not aiohttp's ClientSession here (it was the upstream client until measured again):
+on this 2-core machine its per-request Python (request and response objects, header
+multidicts, timers, payload wrappers, connector bookkeeping) cost ~165 us of CPU per call
+more than a plain protocol on the same loop, about as much as the rest of the gateway
+(bench/client_compare.py; figures in the README). The gateway needs little of what it
+offers: it POSTs a body it already holds and reads one answer, whole or as a stream.
+
+What this client does:
+- HTTP/1.1 over TCP, or TLS with the system's trust store and SNI;
+- keep-alive: one pool of idle connections per (scheme, host, port) per event loop, the
+  most recently used first; a connection idle for KEEPALIVE seconds is closed;
+- bodies delimited by Content-Length, chunked, or the connection's end; gzip and deflate;
+- a connect timeout, a read timeout (the longest silence while an answer is awaited) and
+  a total deadline for the whole exchange, body included: asyncio.TimeoutError;
+- back-pressure: reading pauses while more than HIGH_WATER bytes wait for the consumer;
+- a reused idle connection that turns out closed before any byte of the answer is
+  replaced by a new one once (the server timed it out; the request never reached it).
+What it does not: redirects (the gateway never follows them), proxies, HTTP/2, cookies.
+
+Errors are OSError subclasses (UpstreamDisconnected, UpstreamProtocolError), ValueError
+for a request that cannot be written, or asyncio.TimeoutError; none of their messages
+carry the URL or a header (provider base URLs and keys stay out of answers and logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import zlib
+from collections import deque
+from urllib.parse import quote, urlsplit
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+KEEPALIVE = 60.0  # seconds an idle connection is kept
+HIGH_WATER = 1 << 20  # bytes buffered for the consumer before reading pauses
+
+
+class UpstreamDisconnected(ConnectionError):
+    """The upstream closed the connection before its answer was complete."""
+
+
+class UpstreamProtocolError(ConnectionError):
+    """The upstream's answer is not valid HTTP/1.1."""
+
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context()
+    return _ssl_context
+
+
+class _Target:
+    __slots__ = ("key", "host", "port", "tls", "head")
+
+    def __init__(self, method: str, url: str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("The upstream URL is not an http(s) URL.")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.key = (self.tls, self.host, self.port)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port and parts.port != (443 if self.tls else 80):
+            host = f"{host}:{parts.port}"
+        path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+        if parts.query:
+            path += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+        self.head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+
+
+_targets: dict[tuple[str, str], _Target] = {}
+
+
+def _target(method: str, url: str) -> _Target:
+    # Parsing a URL is a visible share of a call's cost; upstream URLs repeat.
+    t = _targets.get((method, url))
+    if t is None:
+        if len(_targets) > 4096:
+            _targets.clear()
+        t = _targets[(method, url)] = _Target(method, url)
+    return t
+
+
+_SKIPPED = frozenset(("host", "content-length", "transfer-encoding", "connection"))
+
+
+def _request_bytes(t: _Target, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [t.head]
+    for name, value in headers.items():
+        if name.lower() in _SKIPPED:
+            continue
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
+            raise ValueError("An upstream request header contains a line break.")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    try:
+        return "".join(lines).encode("latin-1") + body
+    except UnicodeEncodeError:
+        raise ValueError("An upstream request header is not latin-1.") from None
+
+
+class Response:
+    """One answer: status and headers when request() returns, the body as it arrives."""
+
+    __slots__ = ("status", "headers", "keep_alive", "complete", "_conn", "_loop", "_buf", "_size", "_exc",
+                 "_waiter", "_timer", "_deadline", "_read_timeout", "_last", "_got_bytes", "_until_close",
+                 "_decoder", "_interim")
+
+    def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float):
+        self.status: int | None = None
+        self.headers: CIMultiDictProxy | None = None
+        self.keep_alive = False
+        self.complete = False
+        self._conn: _Conn | None = conn
+        self._loop = loop
+        self._buf: deque[bytes] = deque()
+        self._size = 0
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._deadline = deadline
+        self._read_timeout = read_timeout
+        self._last = loop.time()
+        self._got_bytes = False
+        self._until_close = False
+        self._decoder = None
+        self._interim = False
+        self._timer = loop.call_at(min(self._last + read_timeout, deadline), self._on_timer)
+
+    # --- the consumer's side ---------------------------------------------------------------
+
+    @property
+    def content(self) -> "Response":  # aiohttp's spelling: resp.content.readany() / iter_any()
+        return self
+
+    async def read(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            if self._buf:
+                parts.extend(self._buf)
+                self._taken()
+            if self.complete:
+                return b"".join(parts)
+            await self._wait()
+
+    async def readany(self) -> bytes:
+        while not self._buf:
+            if self.complete:
+                return b""
+            await self._wait()
+        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+        self._taken()
+        return data
+
+    async def iter_any(self):
+        while True:
+            data = await self.readany()
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        """Done with the answer. A complete one has already given its connection back; one
+        still arriving cannot share its connection any more: it is closed."""
+        self._stop_timer()
+        conn, self._conn = self._conn, None
+        if conn is not None and not self.complete:
+            conn.abandon()
+        if self._exc is None and not self.complete:
+            self._exc = UpstreamDisconnected("The answer was closed before it was complete.")
+
+    release = close
+
+    async def __aenter__(self) -> "Response":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    async def _wait(self) -> None:
+        if self._exc is not None:
+            raise self._exc
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if self._exc is not None:
+            raise self._exc
+
+    def _taken(self) -> None:
+        self._buf.clear()
+        self._size = 0
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
+
+    async def _headers(self) -> None:
+        while self.status is None:
+            await self._wait()
+
+    # --- the connection's side -------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error:
+                self._fail(UpstreamProtocolError("The upstream's compressed answer is corrupt."))
+                return
+            if not data:
+                return
+        self._buf.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER and self._conn is not None:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self) -> None:
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            if tail:
+                self._buf.append(tail)
+        self.complete = True
+        self._stop_timer()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.done(self)
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.complete or self._exc is not None:
+            return
+        self._exc = exc
+        self._stop_timer()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abandon()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.complete or self._exc is not None:
+            return
+        now = self._loop.time()
+        if now >= self._deadline:
+            self._fail(asyncio.TimeoutError())
+            return
+        conn = self._conn
+        if conn is not None and conn.paused:  # we are the slow side, not the upstream
+            self._last = now
+        if now - self._last >= self._read_timeout:
+            self._fail(asyncio.TimeoutError())
+            return
+        self._timer = self._loop.call_at(min(self._last + self._read_timeout, self._deadline), self._on_timer)
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, pool: "Pool", key: tuple):
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.resp: Response | None = None
+        self.closed = False
+        self.paused = False
+        self.idle_since = 0.0
+        self._headers: list[tuple[str, str]] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def send(self, payload: bytes, read_timeout: float, deadline: float) -> Response:
+        resp = self.resp = Response(self, self.pool.loop, read_timeout, deadline)
+        self.transport.write(payload)
+        return resp
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:  # bytes nobody asked for: the connection cannot be trusted
+            self.abandon()
+            return
+        resp._last = self.pool.loop.time()
+        resp._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            resp._fail(UpstreamProtocolError("The upstream switched protocols."))
+        except httptools.HttpParserError:
+            resp._fail(UpstreamProtocolError("The upstream's answer is not valid HTTP."))
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        resp, self.resp = self.resp, None
+        if resp is None or resp.complete:
+            return
+        if resp._until_close and resp.status is not None and not resp._interim:
+            resp._finish()  # a body delimited by the connection's end
+        else:
+            resp._fail(UpstreamDisconnected("The upstream closed the connection before its answer was complete."))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        resp = self.resp
+        status = self.parser.get_status_code()
+        headers, self._headers = self._headers, []
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the answer follows
+            resp._interim = True
+            return
+        resp._interim = False
+        resp.status = status
+        resp.headers = h = CIMultiDictProxy(CIMultiDict(headers))
+        resp.keep_alive = self.parser.should_keep_alive()
+        resp._until_close = ("content-length" not in h and "chunked" not in h.get("transfer-encoding", "").lower()
+                             and status not in (204, 304))
+        encoding = h.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            resp._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        elif encoding not in ("", "identity"):
+            resp._fail(UpstreamProtocolError("The upstream's answer uses an unsupported content encoding."))
+            return
+        resp._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.resp._feed(body)
+
+    def on_message_complete(self) -> None:
+        resp = self.resp
+        if resp is None or resp._interim:
+            return
+        resp._finish()
+
+    # pool side
+    def done(self, resp: Response) -> None:
+        """The answer is all here: back to the pool if the server keeps the connection."""
+        if self.resp is resp:
+            self.resp = None
+        if self.paused:
+            self.resume()
+        if resp.keep_alive and not self.closed and not self.transport.is_closing():
+            self.pool.put(self)
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        self.closed = True
+        self.resp = None
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+
+class Pool:
+    """Connections of one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.idle: dict[tuple, deque[_Conn]] = {}
+        self.open: set[_Conn] = set()
+
+    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
+                      connect_timeout: float, read_timeout: float, total: float) -> Response:
+        """Send; return once the status and headers are in (the body follows)."""
+        t = _target(method, url)
+        payload = _request_bytes(t, headers, body or b"")
+        deadline = self.loop.time() + total
+        for _ in range(2):
+            conn = self._take(t.key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(t, max(min(connect_timeout, deadline - self.loop.time()), 0.001))
+            resp = conn.send(payload, read_timeout, deadline)
+            try:
+                await resp._headers()
+            except UpstreamDisconnected:
+                if reused and not resp._got_bytes:
+                    continue  # an idle connection the server had closed: once more on a new one
+                raise
+            except BaseException:
+                resp.close()
+                raise
+            return resp
+        raise UpstreamDisconnected("The upstream closed the connection before its answer was complete.")
+
+    def _take(self, key: tuple) -> _Conn | None:
+        idle = self.idle.get(key)
+        if not idle:
+            return None
+        now = self.loop.time()
+        while idle:
+            conn = idle.pop()  # the most recently used: the least likely to be timed out
+            if conn.closed or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > KEEPALIVE:
+                conn.abandon()
+                continue
+            return conn
+        return None
+
+    async def _connect(self, t: _Target, timeout: float) -> _Conn:
+        tls = _tls() if t.tls else None
+        _, conn = await asyncio.wait_for(
+            self.loop.create_connection(lambda: _Conn(self, t.key), t.host, t.port, ssl=tls,
+                                        server_hostname=t.host if tls else None), timeout)
+        self.open.add(conn)
+        return conn
+
+    def put(self, conn: _Conn) -> None:
+        conn.idle_since = self.loop.time()
+        idle = self.idle.get(conn.key)
+        if idle is None:
+            idle = self.idle[conn.key] = deque()
+        idle.append(conn)
+
+    def forget(self, conn: _Conn) -> None:
+        self.open.discard(conn)
+        idle = self.idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.open):
+            conn.abandon()
+        self.idle.clear()
