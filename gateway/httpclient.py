@@ -306,9 +306,13 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            resp._fail(UpstreamProtocolError("The upstream switched protocols."))
-        except httptools.HttpParserError:
-            resp._fail(UpstreamProtocolError("The upstream's answer is not valid HTTP."))
+            self._broken(resp, UpstreamProtocolError("The upstream switched protocols."))
+        except httptools.HttpParserError:  # also bytes after a complete answer (parsed with no resp)
+            self._broken(resp, UpstreamProtocolError("The upstream's answer is not valid HTTP."))
+
+    def _broken(self, resp: Response, exc: Exception) -> None:
+        resp._fail(exc)  # no-op for an answer that was complete
+        self.abandon()  # either way this connection's bytes cannot be trusted any more
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -364,8 +368,10 @@ class _Conn(asyncio.Protocol):
             self.resume()
         if resp.keep_alive and not self.closed and not self.transport.is_closing():
             self.pool.put(self)
-        else:
-            self.abandon()
+        else:  # the server closes it (Connection: close, HTTP/1.0): close our side cleanly
+            self.closed = True
+            self.pool.forget(self)
+            self.transport.close()
 
     def abandon(self) -> None:
         self.closed = True

@@ -327,3 +327,17 @@ async def test_https_upstream_with_certificate_verification(tmp_path, monkeypatc
         pool.close()
     finally:
         server.close()
+
+
+async def test_bytes_after_a_complete_answer_retire_the_connection():
+    async def handler(request, number, writer):
+        writer.write(answer(b'{"n":%d}' % number) + b"GARBAGE THAT IS NOT HTTP\r\n\r\n")
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        for expected in (b'{"n":1}', b'{"n":2}'):
+            async with await call(pool, server.url) as resp:
+                assert await resp.read() == expected
+            await asyncio.sleep(0.05)
+        pool.close()
+    assert server.connections == 2  # the first connection was not reused after the garbage
