@@ -195,6 +195,7 @@ class RedisBudget:
         self.p = prefix + "b:"
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._fast_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._last_fast: tuple | None = None  # (weakref to a loop, its client)
         self._sync = redis.Redis.from_url(url)
         self.before_rebuild = None  # async callable: flush this process's queued ledger entries
         if leases is None:
@@ -223,9 +224,13 @@ class RedisBudget:
     def _fast(self) -> FastRedis:
         # The hot path's two scripts go over billing/resp.py (one pipelined connection per loop).
         loop = asyncio.get_running_loop()
+        last = self._last_fast
+        if last is not None and last[0]() is loop:  # the loop of the last call: no weak-key lookup
+            return last[1]
         client = self._fast_clients.get(loop)
         if client is None:
             client = self._fast_clients[loop] = FastRedis(self.url)
+        self._last_fast = (weakref.ref(loop), client)
         return client
 
     # --- reserve / settle --------------------------------------------------------------

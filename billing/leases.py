@@ -51,7 +51,7 @@ import uuid
 import weakref
 
 from billing.budget import Settled, hold_seconds
-from billing.resp import ReplyError
+from billing.resp import ReplyError, pack_args, script_sha
 
 log = logging.getLogger("tokenbill.billing")
 
@@ -143,11 +143,16 @@ return amount
 """
 
 
+_SETTLE_SHA = script_sha(SETTLE_LEASE)
+_SETTLE_NARGS = 2 + 5 + 8  # the settle command's arguments: sha, numkeys, KEYS, ARGV
+
+
 class _Lease:
-    __slots__ = ("id", "granted", "left", "inflight", "pending", "open", "closed", "keep", "timer")
+    __slots__ = ("id", "arg", "granted", "left", "inflight", "pending", "open", "closed", "keep", "timer")
 
     def __init__(self, lease_id: str, amount: int):
         self.id = lease_id
+        self.arg = pack_args((lease_id,))  # its id as the settle command's ARGV[1]
         self.granted = amount
         self.left = amount  # what new calls may still take
         self.inflight = 0  # calls admitted from it and not settled yet
@@ -161,7 +166,7 @@ class _Lease:
 class _VeState:
     """One VE in one event loop: its current lease and the balance Redis last reported."""
 
-    __slots__ = ("ve_id", "lease", "renewing", "balance", "unconfirmed", "per_call_until")
+    __slots__ = ("ve_id", "lease", "renewing", "balance", "unconfirmed", "per_call_until", "heads")
 
     def __init__(self, ve_id: int):
         self.ve_id = ve_id
@@ -170,6 +175,7 @@ class _VeState:
         self.balance = 0  # budget - spend, as Redis last said, minus this loop's charges since
         self.unconfirmed = 0  # charges sent to Redis and not answered yet
         self.per_call_until = 0.0  # loop time until which the balance was too small for a lease
+        self.heads: dict = {}  # key id -> the constant parts of its settle command (Leases._heads)
 
 
 class Leases:
@@ -181,14 +187,20 @@ class Leases:
         self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {ve_id: _VeState}
         self._calls: dict[str, tuple[_VeState, _Lease, int]] = {}  # request id -> (state, lease, held)
         self._tasks: set[asyncio.Task] = set()
+        self._last: tuple | None = None  # (weakref to a loop, its states): the lookup of the last loop
         self._seq = 0  # settles sent, numbered
         self._pending: set[int] = set()  # numbers of those not answered yet
 
     def _state(self, ve_id: int) -> _VeState:
         loop = asyncio.get_running_loop()
-        states = self._loops.get(loop)
-        if states is None:
-            states = self._loops[loop] = {}
+        last = self._last
+        if last is not None and last[0]() is loop:
+            states = last[1]
+        else:
+            states = self._loops.get(loop)
+            if states is None:
+                states = self._loops[loop] = {}
+            self._last = (weakref.ref(loop), states)
         state = states.get(ve_id)
         if state is None:
             state = states[ve_id] = _VeState(ve_id)
@@ -304,17 +316,43 @@ class Leases:
         self._seq += 1
         seq = self._seq
         self._pending.add(seq)
-        budget = self.budget
-        ve = budget.k_ve(state.ve_id)
-        keys = [ve, budget.k_key(key_id), f"{ve}:holds", f"{budget.p}holds", f"{ve}:unposted"]
-        args = [lease.id, charge, state.ve_id, key_id or "", int(time.time()), 1 if close else 0, request_id, held]
-        sent = budget._fast().evalsha_now(SETTLE_LEASE, keys, args)
-        call = (state, lease, keys, args, on_confirmed, seq)
+        # The command as pack() builds it from _keys_args(call), with its constant parts cached.
+        heads = state.heads.get(key_id)
+        if heads is None:
+            heads = self._heads(state, key_id)
+        ts = int(time.time())
+        c, t, h = str(charge), str(ts), str(held)
+        rid = request_id if request_id.isascii() else request_id.encode().decode("latin-1")
+        packed = (f"{heads[0]}{lease.arg}${len(c)}\r\n{c}\r\n{heads[1]}${len(t)}\r\n{t}\r\n"
+                  f"$1\r\n{1 if close else 0}\r\n${len(rid)}\r\n{rid}\r\n${len(h)}\r\n{h}\r\n").encode("latin-1")
+        call = (state, lease, key_id, charge, ts, close, request_id, held, on_confirmed, seq)
+        sent = self.budget._fast().evalsha_now(SETTLE_LEASE, None, None, packed)
         if sent is None:  # no open connection: connect and send from a task
             self._spawn(self._confirm(call, None), "lease settle")
         else:  # a callback, not a task per call: this is the hot path
             sent.add_done_callback(lambda f: self._answered(call, f))
         return Settled(charge, state.balance, False, deferred=True)
+
+    def _heads(self, state: _VeState, key_id) -> tuple[str, str]:
+        """The settle command of `state`'s VE and `key_id` up to ARGV[1] (the lease id), and
+        its ARGV[3:5] (VE and key ids): pack_args() of what _keys_args gives."""
+        if len(state.heads) > 4096:
+            state.heads.clear()
+        keys, _ = self._keys_args((state, None, key_id))
+        head = "*%d\r\n" % (1 + _SETTLE_NARGS) + pack_args((b"EVALSHA", _SETTLE_SHA, len(keys), *keys))
+        heads = state.heads[key_id] = (head, pack_args((state.ve_id, key_id or "")))
+        return heads
+
+    def _keys_args(self, call) -> tuple[list, list]:
+        """SETTLE_LEASE's KEYS and ARGV for a settle (`call`, as Leases.settle makes it)."""
+        state, lease, key_id = call[0], call[1], call[2]
+        budget = self.budget
+        ve = budget.k_ve(state.ve_id)
+        keys = [ve, budget.k_key(key_id), f"{ve}:holds", f"{budget.p}holds", f"{ve}:unposted"]
+        if lease is None:
+            return keys, []
+        _, _, _, charge, ts, close, request_id, held, _, _ = call
+        return keys, [lease.id, charge, state.ve_id, key_id or "", ts, 1 if close else 0, request_id, held]
 
     def _answered(self, call, sent: asyncio.Future) -> None:
         if not sent.cancelled() and sent.exception() is None:
@@ -325,7 +363,8 @@ class Leases:
         self._spawn(self._confirm(call, sent), "lease settle")  # NOSCRIPT, lost counters, errors
 
     async def _confirm(self, call, sent) -> None:
-        state, lease, keys, args, _, _ = call
+        state, lease = call[0], call[1]
+        keys, args = self._keys_args(call)
         try:
             charged, balance, alive = await self._send_until_answered(keys, args, sent)
             if charged == -1:  # counters gone (an empty Redis): rebuild them from the ledger
@@ -360,13 +399,13 @@ class Leases:
         raise failure
 
     def _done(self, call, charged, balance, alive) -> None:
-        state, lease, _, args, on_confirmed, seq = call
+        state, lease, _, charge, _, close, request_id, _, on_confirmed, seq = call
         self._pending.discard(seq)
         lease.pending -= 1
-        state.unconfirmed -= args[1]
+        state.unconfirmed -= charge
         if balance is not None:
             state.balance = int(balance) - state.unconfirmed
-        if args[5] == 1 or not alive:
+        if close or not alive:
             lease.closed = True  # returned by this settle, or gone from Redis
         if not alive and lease.open:  # Redis lost the lease (restarted): stop taking from it
             log.warning("credit lease of VE %s gone from Redis; back to per-call holds", state.ve_id)
@@ -376,7 +415,7 @@ class Leases:
         try:
             on_confirmed(int(charged))
         except Exception:
-            log.exception("recording request %s failed", args[6])
+            log.exception("recording request %s failed", request_id)
 
     async def _eval(self, script: str, keys, args, sent):
         if sent is not None:

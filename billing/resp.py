@@ -35,7 +35,13 @@ class ReplyError(ResponseError):
 def pack(args) -> bytes:
     """A RESP command. Built as one latin-1 string: bytes map 1:1 to its characters, so
     lengths are byte lengths, and one encode at the end (measured: ~2x the per-arg encode)."""
-    parts = ["*%d\r\n" % len(args)]
+    return ("*%d\r\n" % len(args) + pack_args(args)).encode("latin-1")
+
+
+def pack_args(args) -> str:
+    """The RESP bulk strings of `args`, as pack() writes them (a latin-1 str): a caller that
+    sends one command shape many times caches its constant part (billing/leases.py)."""
+    parts = []
     for a in args:
         if isinstance(a, str):
             if not a.isascii():
@@ -45,7 +51,12 @@ def pack(args) -> bytes:
         else:
             a = str(a)  # ints; floats print as repr (exact round trip)
         parts.append("$%d\r\n%s\r\n" % (len(a), a))
-    return "".join(parts).encode("latin-1")
+    return "".join(parts)
+
+
+def script_sha(script: str) -> bytes:
+    """The SHA1 EVALSHA names `script` by (hex, as bytes)."""
+    return hashlib.sha1(script.encode()).hexdigest().encode()
 
 
 class _Incomplete(Exception):
@@ -203,6 +214,22 @@ class FastRedis:
             proto.watchdog = loop.call_later(1.0, _watch, proto, self.timeout)
         return fut
 
+    def _send_now(self, proto: _Protocol, packed: bytes) -> asyncio.Future:
+        """`packed` written to the socket now, after the commands of this loop turn not
+        written yet (replies come in the order the commands were sent)."""
+        loop = proto.loop
+        fut = loop.create_future()
+        proto.waiting.append(fut)
+        proto.sent.append(loop.time())
+        if proto.out:
+            proto.out.append(packed)
+            proto.write_out()  # the write_out already scheduled finds nothing left
+        else:
+            proto.transport.write(packed)
+        if proto.watchdog is None:
+            proto.watchdog = loop.call_later(1.0, _watch, proto, self.timeout)
+        return fut
+
     async def execute(self, *args):
         proto = await self._connection()
         return await self._send(proto, args)
@@ -210,7 +237,7 @@ class FastRedis:
     def _sha(self, script: str) -> bytes:
         sha = self._shas.get(script)
         if sha is None:
-            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest().encode()
+            sha = self._shas[script] = script_sha(script)
         return sha
 
     async def evalsha(self, script: str, keys, args):
@@ -221,17 +248,19 @@ class FastRedis:
                 raise
             return await self.execute(b"EVAL", script, len(keys), *keys, *args)  # loads it too
 
-    def evalsha_now(self, script: str, keys, args) -> asyncio.Future | None:
+    def evalsha_now(self, script: str, keys, args, packed: bytes | None = None) -> asyncio.Future | None:
         """EVALSHA written to the socket before this returns (not at the end of the loop
         turn), its reply a future; None when there is no open connection (then await
         `evalsha`). For a step whose effect must leave the process before the caller goes
-        on, without waiting for the answer. A NOSCRIPT reply means it did not run."""
+        on, without waiting for the answer. A NOSCRIPT reply means it did not run.
+        `packed`: the command already built by the caller (pack() of EVALSHA, the script's
+        sha, len(keys), keys and args), for a hot path that caches its constant part."""
         proto = self._proto
         if proto is None or proto.lost:
             return None
-        fut = self._send(proto, (b"EVALSHA", self._sha(script), len(keys), *keys, *args))
-        proto.write_out()
-        return fut
+        if packed is None:
+            packed = pack((b"EVALSHA", self._sha(script), len(keys), *keys, *args))
+        return self._send_now(proto, packed)
 
     def close(self) -> None:
         if self._proto is not None:

@@ -414,3 +414,40 @@ def test_the_sweep_never_creates_counters_for_a_vanished_ve(prefix, settings):
     assert budget.release_expired() == 1
     # then no counters with a negative reservation were made up: the next call rebuilds them
     assert not budget._sync.exists(budget.k_ve(world.ve.pk), budget.k_key(world.key.pk))
+
+
+async def test_the_settle_command_is_byte_for_byte_what_pack_builds(prefix):
+    # given a leased VE, with a key and without one
+    from billing.leases import SETTLE_LEASE
+    from billing.resp import pack, script_sha
+
+    budget, biller, world, snaps = await leased(prefix)
+    await one_call(biller, world, snaps)  # takes the lease
+    fast = budget._fast()
+    real_send, packed = fast.evalsha_now, []
+
+    def capture(script, keys, args, data=None):
+        packed.append(data)
+        return real_send(script, keys, args, data)
+
+    fast.evalsha_now = capture
+    leases = budget.leases
+    for key_id, request_id in ((world.key.pk, "req_plain"), (None, "req_ü€")):
+        ctx = world.ctx(snaps=snaps)
+        ctx.request_id = request_id
+        admission = await biller.admit(ctx)
+        state, lease, held = leases._calls[request_id]
+        before = int(time.time())
+        leases.settle(request_id=request_id, key_id=key_id, charge=123_456_789, on_confirmed=lambda c: None)
+        # then the cached parts, the lease id and the call's numbers make the same bytes as
+        # pack() of the script's keys and arguments (the second it was sent in: one of two)
+        expected = []
+        for ts in (before, int(time.time())):
+            call = (state, lease, key_id, 123_456_789, ts, False, request_id, held, None, 0)
+            keys, args = leases._keys_args(call)
+            expected.append(pack([b"EVALSHA", script_sha(SETTLE_LEASE), len(keys), *keys, *args]))
+        assert packed[-1] in expected
+        assert admission.reserved == held
+    fast.evalsha_now = real_send
+    await budget.release_leases()
+    await biller.flush()
