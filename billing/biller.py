@@ -313,10 +313,16 @@ def _background(coroutine, what: str) -> None:
 
     task.add_done_callback(done)
 
-def _config_version():
-    from routing.cache import routing_cache
+_routing_cache = None
 
-    snapshot = routing_cache.snapshot
+
+def _config_version():
+    global _routing_cache
+    if _routing_cache is None:
+        from routing.cache import routing_cache
+
+        _routing_cache = routing_cache
+    snapshot = _routing_cache.snapshot
     return snapshot.version if snapshot is not None else None
 
 
@@ -466,7 +472,7 @@ def log_row(ctx: CallContext, outcome: Outcome, priced, charged: int, snapshot: 
         provider_id=pm.provider.id if pm else None, stream=ctx.stream, status=_status(outcome),
         http_status=outcome.http_status, error_code=outcome.error_code or "", attempts=outcome.attempts,
         input_tokens=units.input, cached_input_tokens=units.cached_input, cache_creation_tokens=units.cache_creation,
-        output_tokens=units.output, images=sum(int(i.get("n", 1)) for i in units.images),
+        output_tokens=units.output, images=sum(int(i.get("n", 1)) for i in units.images) if units.images else 0,
         audio_seconds=units.audio_seconds, usage_estimated=units.estimated,
         cost=priced.cost if priced else Decimal(0), cost_currency=priced.cost_currency if priced else "",
         cost_credits=priced.cost_credits if priced else 0, charge=charged, price_snapshot=snapshot,

@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from billing.money import to_micros
@@ -74,7 +74,10 @@ class Units:
 
 def units_from(usage, extra: dict | None = None) -> Units:
     """Units from gateway.adapters.base.Usage (or None) and Outcome.units."""
-    extra = extra or {}
+    if not extra:  # tokens only (the hot path): the same Units as below, with fewer steps
+        return Units(getattr(usage, "input_tokens", 0) or 0, getattr(usage, "cached_input_tokens", 0) or 0,
+                     getattr(usage, "cache_creation_tokens", 0) or 0, getattr(usage, "output_tokens", 0) or 0,
+                     (), ZERO, bool(getattr(usage, "estimated", False)))
     return Units(
         input=getattr(usage, "input_tokens", 0) or 0,
         cached_input=getattr(usage, "cached_input_tokens", 0) or 0,
@@ -121,11 +124,13 @@ class RouteRates:
     # integers from charge_per: the hot path's charge_micros is two multiplications.
     _fast: tuple = field(default=(), init=False, repr=False, compare=False)
     _snapshot: list = field(default_factory=list, init=False, repr=False, compare=False)  # price_snapshot, once
+    _cost_seq: tuple = field(default=(), init=False, repr=False, compare=False)  # cost_per in TOKEN_COMPONENTS order
 
     def __post_init__(self):
         ratios = [Decimal(self.charge_per[c]).as_integer_ratio() for c in TOKEN_COMPONENTS]
         d = math.lcm(*(den for _, den in ratios))
         object.__setattr__(self, "_fast", (*(num * (d // den) * MICROS for num, den in ratios), d))
+        object.__setattr__(self, "_cost_seq", tuple(self.cost_per[c] for c in TOKEN_COMPONENTS))
 
     def charge_micros(self, input_tokens: int, output_tokens: int, cached_input: int = 0,
                       cache_creation: int = 0) -> int:
@@ -139,7 +144,12 @@ class RouteRates:
         return total + self._other_units(units, sale=True)
 
     def cost_exact(self, units: Units) -> Decimal:
-        total = sum((getattr(units, c) * self.cost_per[c] for c in TOKEN_COMPONENTS), ZERO)
+        # sum((getattr(units, c) * self.cost_per[c] for c in TOKEN_COMPONENTS), ZERO) written
+        # out: the same Decimal operations in the same order, so the same value and exponent.
+        i, c, w, o = self._cost_seq
+        total = ZERO + units.input * i + units.cached_input * c + units.cache_creation * w + units.output * o
+        if not units.images and not units.audio_seconds:
+            return total + ZERO  # what _other_units adds then
         return total + self._other_units(units, sale=False)
 
     def _other_units(self, units: Units, *, sale: bool) -> Decimal:
@@ -214,28 +224,48 @@ def _refuse_unpriced(model, pm, cost_per, charge_per, sale) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class Priced:
-    units: Units
-    cost: Decimal  # provider currency, exact
-    cost_currency: str
-    cost_credits: int  # micro-credits (ceiling), 0 when no rate
-    charge: int  # micro-credits (ceiling)
-    snapshot: dict = field(default_factory=dict)
+    """One call priced at one route. The charge is computed at once; the cost (provider
+    currency, exact) and its credits only when read: the request-log row wants them, the
+    answer's headers do not, so the gateway computes them after the answer left."""
+
+    __slots__ = ("units", "charge", "snapshot", "_rates", "_cost")
+
+    def __init__(self, units: Units, charge: int, snapshot: dict, rates: RouteRates):
+        self.units = units
+        self.charge = charge  # micro-credits (ceiling)
+        self.snapshot = snapshot
+        self._rates = rates
+        self._cost = None
+
+    @property
+    def cost(self) -> Decimal:  # provider currency, exact
+        if self._cost is None:
+            self._cost = self._rates.cost_exact(self.units)
+        return self._cost
+
+    @property
+    def cost_currency(self) -> str:
+        return self._rates.route.physical_model.provider.currency
+
+    @property
+    def cost_credits(self) -> int:  # micro-credits (ceiling), 0 when no rate
+        rate = self._rates.rate
+        return to_micros(self.cost * rate.credits_per_unit) if rate else 0
+
+    def __repr__(self) -> str:
+        return f"Priced(units={self.units!r}, charge={self.charge!r})"
 
 
 def price_call(rates: RouteRates, units: Units) -> Priced:
     """The one per-call computation; the only rounding is to_micros at the end."""
-    cost = rates.cost_exact(units)
-    cost_credits = to_micros(cost * rates.rate.credits_per_unit) if rates.rate else 0
     if not units.images and not units.audio_seconds:  # tokens only: the integer path, same result
         charge = rates.charge_micros(units.input, units.output, units.cached_input, units.cache_creation)
     else:
         charge = to_micros(rates.charge_exact(units))
     if not rates._snapshot:  # the same for every call at these rates: built once (callers copy it)
         rates._snapshot.append(price_snapshot(rates))
-    return Priced(units, cost, rates.route.physical_model.provider.currency, cost_credits, charge,
-                  rates._snapshot[0])
+    return Priced(units, charge, rates._snapshot[0], rates)
 
 
 def price_snapshot(rates: RouteRates) -> dict:
@@ -274,9 +304,14 @@ class RateBook:
         self.loaded = False
         self._rows: dict[tuple[int | None, str], list] = {}
         self._lock = threading.Lock()
+        self._tz = UTC
 
     def refresh(self) -> None:
+        from django.conf import settings
+
         from billing.models import ExchangeRate
+
+        self._tz = UTC if settings.USE_TZ else None  # timezone.now()'s, read here and not per call
 
         rows: dict[tuple[int | None, str], list] = {}
         for r in ExchangeRate.objects.order_by("-effective_from", "-id").values_list(
@@ -295,15 +330,9 @@ class RateBook:
     def rate(self, organization_id: int, currency: str, at: datetime | None = None) -> Rate | None:
         if currency == "CREDITS":
             return CREDITS
-        at = at or _now()
+        at = at or datetime.now(self._tz)  # django.utils.timezone.now(), with USE_TZ as of the last refresh
         for owner in (organization_id, None):
             for rate in self._rows.get((owner, currency), ()):
                 if rate.effective_from <= at:
                     return rate
         return None
-
-
-def _now() -> datetime:
-    from django.utils import timezone
-
-    return timezone.now()

@@ -112,6 +112,41 @@ def test_fast_charge_micros_equals_the_reference_computation_over_random_usages(
             assert fast == to_micros(rates.charge_exact(u)) == price_call(rates, u).charge, u
 
 
+def test_cost_and_units_are_the_reference_computation_digit_for_digit():
+    # given routes with awkward costs (and one whose cost is all zeros), the reference
+    # formulas the hot path's shortcuts replaced (a generator sum from ZERO, then + ZERO)
+    import random
+
+    from billing.money import to_micros
+    from billing.pricing import TOKEN_COMPONENTS, ZERO
+
+    eur = Rate("EUR", Decimal("0.9234567891"), 3, None, datetime(2024, 1, 1, tzinfo=UTC))
+    cases = [
+        route_rates(model(), route("2.5", "10.123456", "1.25"), Decimal("1.15"), eur),
+        route_rates(model(), route("0.15", "0.6", "0.075"), Decimal("1"), USD),
+        route_rates(model(), route("3", "15", "0.30"), Decimal("1.000"), USD),
+        route_rates(model(input_price_per_mtok="1", output_price_per_mtok="2"), route("0", "0", "0"), Decimal("2"), None),
+    ]
+    rng = random.Random(99)
+    for rates in cases:
+        for _ in range(1000):
+            u = Units(input=rng.choice([0, rng.randrange(0, 2_000_000)]), output=rng.choice([0, rng.randrange(0, 9)]),
+                      cached_input=rng.choice([0, rng.randrange(0, 1_000_000)]),
+                      cache_creation=rng.choice([0, rng.randrange(0, 100_000)]))
+            reference = sum((getattr(u, c) * rates.cost_per[c] for c in TOKEN_COMPONENTS), ZERO) + ZERO
+            # when
+            priced = price_call(rates, u)
+            # then: the same Decimal (value, digits and exponent: the row stores its text)
+            assert rates.cost_exact(u).as_tuple() == reference.as_tuple() == priced.cost.as_tuple(), u
+            assert priced.cost_credits == (to_micros(reference * rates.rate.credits_per_unit) if rates.rate else 0)
+    # and the tokens-only Units equal the general path's
+    for usage in (Usage(input_tokens=3, output_tokens=4), Usage(input_tokens=0, cached_input_tokens=5), None,
+                  Usage(input_tokens=7, output_tokens=1, estimated=True)):
+        fast = units_from(usage)
+        assert fast == units_from(usage, {"images": []}) == units_from(usage, {"audio_seconds": 0})
+        assert str(fast.audio_seconds) == "0" and fast.audio_seconds.as_tuple() == Decimal("0").as_tuple()
+
+
 @pytest.mark.parametrize("micros, text", [(0, "0"), (1, "0.000001"), (-2_000_001, "-2.000001"), (1_234_500_000, "1234.5"),
                                           (5_000_000, "5"), (-1, "-0.000001"), (10**18 + 7, "1000000000000.000007")])
 def test_credit_strings_in_headers(micros, text):
