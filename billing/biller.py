@@ -464,22 +464,23 @@ def log_row(ctx: CallContext, outcome: Outcome, priced, charged: int, snapshot: 
     pm = route.physical_model if route else None
     units = priced.units if priced else units_from(outcome.usage, outcome.units)
     snapshot = dict(snapshot, reserved=reserved) if priced else snapshot
-    return dict(
-        request_id=ctx.request_id, organization_id=ctx.ve.organization.id, virtual_endpoint_id=ctx.ve.id,
-        access_key_id=ctx.key.id if ctx.key else None, run_id=ctx.run_id or "", endpoint=ctx.endpoint,
-        logical_model_name=ctx.requested_model or (ctx.model.name if ctx.model else ""),
-        logical_model_id=ctx.model.id if ctx.model else None, physical_model_id=pm.id if pm else None,
-        provider_id=pm.provider.id if pm else None, stream=ctx.stream, status=_status(outcome),
-        http_status=outcome.http_status, error_code=outcome.error_code or "", attempts=outcome.attempts,
-        input_tokens=units.input, cached_input_tokens=units.cached_input, cache_creation_tokens=units.cache_creation,
-        output_tokens=units.output, images=sum(int(i.get("n", 1)) for i in units.images) if units.images else 0,
-        audio_seconds=units.audio_seconds, usage_estimated=units.estimated,
-        cost=priced.cost if priced else Decimal(0), cost_currency=priced.cost_currency if priced else "",
-        cost_credits=priced.cost_credits if priced else 0, charge=charged, price_snapshot=snapshot,
-        client_disconnected=outcome.client_disconnected,
-        started_at=datetime.fromtimestamp(ctx.started_at or 0, tz=UTC), latency_ms=max(outcome.latency_ms, 0),
-        ttfb_ms=outcome.ttfb_ms,
-    )
+    return {
+        "request_id": ctx.request_id, "organization_id": ctx.ve.organization.id, "virtual_endpoint_id": ctx.ve.id,
+        "access_key_id": ctx.key.id if ctx.key else None, "run_id": ctx.run_id or "", "endpoint": ctx.endpoint,
+        "logical_model_name": ctx.requested_model or (ctx.model.name if ctx.model else ""),
+        "logical_model_id": ctx.model.id if ctx.model else None, "physical_model_id": pm.id if pm else None,
+        "provider_id": pm.provider.id if pm else None, "stream": ctx.stream, "status": _status(outcome),
+        "http_status": outcome.http_status, "error_code": outcome.error_code or "", "attempts": outcome.attempts,
+        "input_tokens": units.input, "cached_input_tokens": units.cached_input,
+        "cache_creation_tokens": units.cache_creation, "output_tokens": units.output,
+        "images": sum(int(i.get("n", 1)) for i in units.images) if units.images else 0,
+        "audio_seconds": units.audio_seconds, "usage_estimated": units.estimated,
+        "cost": priced.cost if priced else Decimal(0), "cost_currency": priced.cost_currency if priced else "",
+        "cost_credits": priced.cost_credits if priced else 0, "charge": charged, "price_snapshot": snapshot,
+        "client_disconnected": outcome.client_disconnected,
+        "started_at": datetime.fromtimestamp(ctx.started_at or 0, tz=UTC), "latency_ms": max(outcome.latency_ms, 0),
+        "ttfb_ms": outcome.ttfb_ms,
+    }
 
 
 def _status(outcome: Outcome) -> str:

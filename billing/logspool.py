@@ -92,13 +92,21 @@ def encode(row: dict | None, charge) -> str:
         if row is not None and _same_snapshot(snapshot, row.get("price_snapshot")):
             snapshot = 0
         charge = [charge.ve_id, charge.key_id, charge.amount, charge.request_id, snapshot]
-    return json.dumps([row, charge], separators=(",", ":"))
+    return _JSON([row, charge])
+
+
+# json.dumps(..., separators=(",", ":")), without building an encoder per record
+_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _same_snapshot(charge_snapshot: dict, row_snapshot) -> bool:
     if not isinstance(row_snapshot, dict) or len(row_snapshot) != len(charge_snapshot) + ("reserved" in row_snapshot):
         return False
-    return all(row_snapshot.get(k, _MISSING) == v for k, v in charge_snapshot.items())
+    get = row_snapshot.get
+    for k, v in charge_snapshot.items():
+        if not get(k, _MISSING) == v:
+            return False
+    return True
 
 
 _MISSING = object()

@@ -89,6 +89,13 @@ def _parse(buf: bytes, pos: int):
             return None, pos
         items = []
         for _ in range(n):
+            if buf[pos:pos + 1] == b":":  # an integer (the budget scripts' replies): inline
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buf[pos + 1:end]))
+                pos = end + 2
+                continue
             item, pos = _parse(buf, pos)
             items.append(item)
         return items, pos

@@ -70,3 +70,21 @@ async def test_lost_connection_fails_pending_calls_then_reconnects():
     # ... and the next call gets a fresh connection
     assert (await client.evalsha(ECHO, [key], ["y", 3]))[2] == 6
     client.close()
+
+
+def test_replies_parse_the_same_whole_or_cut_at_any_byte():
+    from billing.resp import _Incomplete, _parse
+
+    # given replies of every kind the budget's scripts give, integer arrays included
+    replies = [
+        (b"*3\r\n:12\r\n:-1\r\n:0\r\n", [12, -1, 0]),
+        (b"*3\r\n$3\r\nabc\r\n:5\r\n*2\r\n:1\r\n$-1\r\n", [b"abc", 5, [1, None]]),
+        (b":42\r\n", 42), (b"+OK\r\n", b"OK"), (b"$-1\r\n", None), (b"*0\r\n", []), (b"*-1\r\n", None),
+    ]
+    for raw, value in replies:
+        # then the whole reply parses to its value and ends where it ends
+        assert _parse(raw + b":7\r\n", 0) == (value, len(raw))
+        # and any prefix of it is incomplete (never a wrong value)
+        for cut in range(len(raw)):
+            with pytest.raises(_Incomplete):
+                _parse(raw[:cut], 0)
