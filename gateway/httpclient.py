@@ -38,6 +38,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 KEEPALIVE = 60.0  # seconds an idle connection is kept
 HIGH_WATER = 1 << 20  # bytes buffered for the consumer before reading pauses
+DRAIN_SECONDS = 2.0  # release(): how long the rest of an answer may take to keep its connection
+DRAIN_BYTES = 256 * 1024  # ... and how long it may be
 
 
 class UpstreamDisconnected(ConnectionError):
@@ -114,7 +116,7 @@ class Response:
 
     __slots__ = ("status", "headers", "keep_alive", "complete", "_conn", "_loop", "_buf", "_size", "_exc",
                  "_waiter", "_timer", "_deadline", "_read_timeout", "_last", "_got_bytes", "_until_close",
-                 "_decoder", "_interim")
+                 "_decoder", "_interim", "_discard")
 
     def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float):
         self.status: int | None = None
@@ -134,6 +136,7 @@ class Response:
         self._until_close = False
         self._decoder = None
         self._interim = False
+        self._discard = False
         self._timer = loop.call_at(min(self._last + read_timeout, deadline), self._on_timer)
 
     # --- the consumer's side ---------------------------------------------------------------
@@ -178,7 +181,24 @@ class Response:
         if self._exc is None and not self.complete:
             self._exc = UpstreamDisconnected("The answer was closed before it was complete.")
 
-    release = close
+    def release(self) -> None:
+        """Done with an answer whose remaining bytes do not matter (a stream whose end event
+        was seen, its closing chunk still on the way): they are read and dropped, and the
+        connection goes back to the pool when the answer ends, if that is within
+        DRAIN_SECONDS and DRAIN_BYTES; else it is closed. close() instead ends the exchange
+        at once (how an upstream learns that the client left)."""
+        conn = self._conn
+        if self.complete or self._exc is not None or conn is None or conn.closed:
+            self.close()
+            return
+        self._discard = True
+        self._buf.clear()
+        self._size = 0
+        if conn.paused:
+            conn.resume()
+        self._deadline = min(self._deadline, self._loop.time() + DRAIN_SECONDS)
+        self._stop_timer()
+        self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     async def __aenter__(self) -> "Response":
         return self
@@ -216,6 +236,11 @@ class Response:
             waiter.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        if self._discard:  # released: read to the end and drop, within bounds
+            self._size += len(data)
+            if self._size > DRAIN_BYTES:
+                self._fail(UpstreamDisconnected("The rest of a released answer was too long to wait for."))
+            return
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)

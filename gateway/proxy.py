@@ -254,8 +254,11 @@ async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
             return settled[0]
         settled.append(None)
         if opened is not None:
-            opened.resp.close()
             dec = opened.decoder
+            if dec.done and not outcome.client_disconnected:
+                opened.resp.release()  # the end was seen: its last bytes may keep the connection
+            else:
+                opened.resp.close()  # cut short: closing tells the upstream to stop generating
             # A cut stream (client gone, upstream failed) is charged for what was generated.
             outcome.usage = dec.usage or estimate_usage(ctx.body, dec.text, dec.target.upstream_model)
         settled[0] = await settle(ctx, admission, outcome)

@@ -45,8 +45,8 @@ class RawServer:
                 if await self.handler(request, number, writer) == "close":
                     writer.close()
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            writer.close()  # the client went away, or the test ended while this handler slept
 
 
 def answer(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
@@ -341,3 +341,33 @@ async def test_bytes_after_a_complete_answer_retire_the_connection():
             await asyncio.sleep(0.05)
         pool.close()
     assert server.connections == 2  # the first connection was not reused after the garbage
+
+
+async def test_release_keeps_the_connection_when_the_rest_arrives_and_close_does_not(monkeypatch):
+    async def handler(request, number, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1 if b"/slow" not in request else 1.0)
+        writer.write(b"4\r\ntail\r\n0\r\n\r\n")  # the stream's closing bytes come later
+
+    monkeypatch.setattr(httpclient, "DRAIN_SECONDS", 0.5)
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        base = f"http://127.0.0.1:{server.port}"
+        resp = await call(pool, base + "/fast")
+        assert await resp.readany() == b"data: [DONE]\n\n"
+        resp.release()  # the end event was seen: the rest is dropped, the connection kept
+        await asyncio.sleep(0.3)
+        assert resp.complete and len(pool.open) == 1 and sum(map(len, pool.idle.values())) == 1
+        resp = await call(pool, base + "/slow")  # on the same connection; its rest is too slow
+        assert server.connections == 1
+        await resp.readany()
+        resp.release()
+        await asyncio.sleep(0.7)
+        assert not pool.open  # given up after DRAIN_SECONDS: closed, not pooled
+        resp = await call(pool, base + "/fast")
+        await resp.readany()
+        resp.close()  # close: at once, whatever follows
+        assert not pool.open
+        pool.close()
+    assert server.connections == 2  # the first (kept after /fast, given up on /slow), then a new one
