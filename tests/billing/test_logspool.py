@@ -69,6 +69,59 @@ def test_a_record_round_trips_decimals_times_and_the_charge():
     assert decode(encode(row, other)) == (row, other)
 
 
+def _v1(row: dict, charge) -> str:
+    """A record as the spool wrote them before rows became lists (some may still be queued)."""
+    import json
+
+    row = dict(row, cost=str(row["cost"]), audio_seconds=str(row["audio_seconds"]),
+               started_at=row["started_at"].isoformat())
+    snapshot = 0 if charge.rate_snapshot == {k: v for k, v in row["price_snapshot"].items() if k != "reserved"} \
+        else charge.rate_snapshot
+    return json.dumps([row, [charge.ve_id, charge.key_id, charge.amount, charge.request_id, snapshot]],
+                      separators=(",", ":"))
+
+
+def test_a_log_row_is_encoded_as_its_values_and_decodes_as_the_object_did(db):
+    from billing.biller import log_row
+    from billing.pricing import price_call, route_rates
+    from tests.billing.conftest import make_world
+
+    # given the row and charge the biller makes for a call (log_row's fields, in its order)
+    world = make_world(credits="100")
+    ctx = world.ctx()
+    ctx.started_at = 1_790_000_000.123456
+    route = ctx.model.routes[0]
+    priced = price_call(route_rates(ctx.model, route, Decimal("1.5"), RateBook().rate(0, "CREDITS")),
+                        units_from_tokens(12, 9))
+    snapshot = dict(priced.snapshot)
+    outcome = Outcome(route=route, usage=Usage(input_tokens=12, output_tokens=9), attempts=[{"status": 200, "é": "\"x"}])
+    row = log_row(ctx, outcome, priced, priced.charge, snapshot, 1234)
+    charge = PendingCharge(world.ve.pk, world.key.pk, priced.charge, ctx.request_id, snapshot)
+    assert tuple(row) == logspool._ROW_FIELDS
+    # when it is encoded
+    raw = encode(row, charge)
+    # then as a list of values, and it decodes to what the object form decoded to: the same
+    # values, types and key order, the charge's snapshot included
+    assert raw.startswith('[["') and '"request_id"' not in raw
+    new_row, new_charge = decode(raw)
+    old_row, old_charge = decode(_v1(row, charge))
+    assert new_row == old_row == row and list(new_row) == list(old_row) == list(row)
+    assert [type(v) for v in new_row.values()] == [type(v) for v in old_row.values()]
+    assert new_charge == old_charge == charge and list(new_charge.rate_snapshot) == list(old_charge.rate_snapshot)
+    # and a row of other fields is still an object
+    assert decode(encode({"request_id": "x", "cost": Decimal("1")}, None)) == ({"request_id": "x", "cost": Decimal("1")},
+                                                                                None)
+    # and a list of the wrong length is refused, not misnamed
+    with pytest.raises(ValueError):
+        decode('[["a", 1], null]')
+
+
+def units_from_tokens(input_tokens: int, output_tokens: int):
+    from billing.pricing import Units
+
+    return Units(input=input_tokens, output=output_tokens)
+
+
 @needs_redis
 async def test_calls_reach_sql_only_through_the_drain_and_exactly_once(spool_biller, spool):
     # given three settled calls
