@@ -125,7 +125,8 @@ def test_cost_and_units_are_the_reference_computation_digit_for_digit():
         route_rates(model(), route("2.5", "10.123456", "1.25"), Decimal("1.15"), eur),
         route_rates(model(), route("0.15", "0.6", "0.075"), Decimal("1"), USD),
         route_rates(model(), route("3", "15", "0.30"), Decimal("1.000"), USD),
-        route_rates(model(input_price_per_mtok="1", output_price_per_mtok="2"), route("0", "0", "0"), Decimal("2"), None),
+        route_rates(model(input_price_per_mtok="1", output_price_per_mtok="2"), route("0", "0", "0"), Decimal("2"),
+                    None),
     ]
     rng = random.Random(99)
     for rates in cases:
