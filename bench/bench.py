@@ -94,7 +94,7 @@ def wrk(url: str, key: str, model: str, conns: int, stream: bool, duration: int)
     return json.loads(line[len("BENCHJSON "):])
 
 
-async def ttfb(url: str, key: str, model: str, n: int = 300) -> float:
+async def ttfb(url: str, key: str, model: str, n: int = 1500) -> float:
     """Median time to the first streamed body byte, sequential requests."""
     import aiohttp
 

@@ -37,6 +37,9 @@ from billing.requestlog import PendingCharge, get_writer
 log = logging.getLogger("tokenbill.billing")
 
 MIN_USEFUL_OUTPUT = 16
+# Seconds between batches of request-log rows of leased calls: built together, away from
+# the answers (at concurrency 1 a row built per reply landed on the next call's path).
+RECORD_DELAY = 0.005
 RATES_MAX_AGE = 60.0  # seconds; a rate change reloads at once through the config version
 ESTIMATE_MARGIN = Decimal("1.05")  # prompt counts are estimates for non-OpenAI tokenizers
 
@@ -59,6 +62,8 @@ class RealBiller:
         self._refreshing: asyncio.Task | None = None
         self._rates_cache: dict[tuple, tuple] = {}  # (model, route, markup, rate) -> RouteRates
         self._unrecorded = 0  # leased settles whose row is not queued yet (Redis has not answered)
+        self._confirmed: list[tuple] = []  # ... answered, waiting for the next batch (_record_confirmed)
+        self._record_timer: asyncio.TimerHandle | None = None
         if hasattr(self.budget, "before_rebuild"):
             self.budget.before_rebuild = self.writer.flush
 
@@ -231,8 +236,9 @@ class RealBiller:
         kwargs = self._limit(ctx)
         if self.budget.name == "redis":
             def confirmed(charged: int) -> None:  # a leased call: what Redis confirms it took
-                self._unrecorded -= 1
-                self._record(ctx, admission, outcome, priced, snapshot, charge, charged, False)
+                self._confirmed.append((ctx, admission, outcome, priced, snapshot, charge, charged))
+                if self._record_timer is None:
+                    self._record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY, self._record_confirmed)
 
             kwargs["on_confirmed"] = confirmed
         settled = await self.budget.settle(
@@ -247,6 +253,17 @@ class RealBiller:
         else:
             self._record(ctx, admission, outcome, priced, snapshot, charge, settled.charged, settled.posted)
         return Settlement(charge=settled.charged, balance=settled.balance)
+
+    def _record_confirmed(self) -> None:
+        """The rows of the leased calls Redis confirmed in the last RECORD_DELAY, in one go."""
+        self._record_timer = None
+        batch, self._confirmed = self._confirmed, []
+        for ctx, admission, outcome, priced, snapshot, charge, charged in batch:
+            self._unrecorded -= 1
+            try:
+                self._record(ctx, admission, outcome, priced, snapshot, charge, charged, False)
+            except Exception:  # one bad row must not lose the others
+                log.exception("request %s: request-log row not queued", ctx.request_id)
 
     def _record(self, ctx, admission, outcome, priced, snapshot: dict, charge: int, charged: int, posted: bool):
         """Queue the request-log row and, unless the budget wrote it, the ledger entry."""

@@ -451,3 +451,26 @@ async def test_the_settle_command_is_byte_for_byte_what_pack_builds(prefix):
     fast.evalsha_now = real_send
     await budget.release_leases()
     await biller.flush()
+
+
+async def test_rows_of_confirmed_settles_are_queued_together_after_the_answers(prefix):
+    """A reply from Redis no longer builds its row at once (at concurrency 1 that work landed
+    on the next call's path): the rows of RECORD_DELAY's replies are built in one batch."""
+    from billing import biller as biller_module
+
+    budget, biller, world, snaps = await leased(prefix)
+    await one_call(biller, world, snaps)  # takes the lease
+    await biller.flush()
+    added = []
+    original = biller.writer.add
+    biller.writer.add = lambda **kw: (added.append(asyncio.get_running_loop().time()), original(**kw))[1]
+    for _ in range(5):
+        await one_call(biller, world, snaps)
+    await budget.leases.settled()  # every reply is in ...
+    assert added == [] and biller._unrecorded == 5  # ... and no row built yet
+    await asyncio.sleep(biller_module.RECORD_DELAY * 3)
+    assert len(added) == 5 and max(added) - min(added) < biller_module.RECORD_DELAY  # one batch
+    assert biller._unrecorded == 0
+    await budget.release_leases()
+    await biller.flush()
+    assert await RequestLog.objects.filter(virtual_endpoint_id=world.ve.pk).acount() == 6
