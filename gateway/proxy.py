@@ -292,11 +292,13 @@ def settlement_comment(settlement) -> bytes:
 async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outcome, finish) -> None:
     relay = asyncio.current_task()
     gone = asyncio.Event()
-    watcher = asyncio.create_task(_watch_disconnect(receive, relay, gone))
+    watcher = None
     model = ctx.requested_model
     try:
         await start_sse(send, ctx.request_id)
         await send({"type": "http.response.body", "body": _frames(opened.first, model), "more_body": True})
+        # Watched from here: its first step then runs after the first byte has left, not before.
+        watcher = asyncio.create_task(_watch_disconnect(receive, relay, gone))
         decoder = opened.decoder
         if opened.pending and not decoder.done:
             await _relay_batch(send, decoder, opened.pending, model)
@@ -330,7 +332,8 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
         except Exception:
             pass
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _relay_batch(send, decoder, batch, model: str) -> None:
