@@ -16,30 +16,47 @@ What this client does:
 - a connect timeout, a read timeout (the longest silence while an answer is awaited) and
   a total deadline for the whole exchange, body included: asyncio.TimeoutError;
 - back-pressure: reading pauses while more than HIGH_WATER bytes wait for the consumer;
-- a reused idle connection that turns out closed before any byte of the answer is
-  replaced by a new one once (the server timed it out; the request never reached it).
+- a reused idle connection lost within STALE_WINDOW of the request and before any byte
+  of the answer is replaced by a new one, once (the server timed it out as we wrote; the
+  request never reached it). Later losses are not replayed: the upstream may have been
+  working on the request (the gateway's fallback decides what next);
+- an answer that arrives while our request body is still being written (an early 413)
+  does not give its connection back to the pool.
 What it does not: redirects (the gateway never follows them), proxies, HTTP/2, cookies.
 
-Errors are OSError subclasses (UpstreamDisconnected, UpstreamProtocolError), ValueError
-for a request that cannot be written, or asyncio.TimeoutError; none of their messages
-carry the URL or a header (provider base URLs and keys stay out of answers and logs).
+Errors are OSError subclasses (UpstreamDisconnected, UpstreamProtocolError, and the OS's
+own connection and TLS errors), ValueError for a request that cannot be written, or
+asyncio.TimeoutError. The messages this module writes carry no URL and no header; the
+OS's connect and TLS errors can name the address or host, so the gateway records only an
+error's type name (gateway/fallback.py) and never shows its message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
+import struct
 import zlib
 from collections import deque
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+
+try:  # Linux: bytes of a TCP socket's send queue not yet acknowledged
+    import fcntl
+    import termios
+
+    _SIOCOUTQ = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover
+    _SIOCOUTQ = None
 
 KEEPALIVE = 60.0  # seconds an idle connection is kept
 HIGH_WATER = 1 << 20  # bytes buffered for the consumer before reading pauses
 DRAIN_SECONDS = 2.0  # release(): how long the rest of an answer may take to keep its connection
 DRAIN_BYTES = 256 * 1024  # ... and how long it may be
+STALE_WINDOW = 0.5  # seconds: a reused connection lost this soon after the request is retried once
 
 
 class UpstreamDisconnected(ConnectionError):
@@ -61,7 +78,7 @@ def _tls() -> ssl.SSLContext:
 
 
 class _Target:
-    __slots__ = ("key", "host", "port", "tls", "head")
+    __slots__ = ("key", "host", "port", "tls", "head", "basic")
 
     def __init__(self, method: str, url: str):
         parts = urlsplit(url)
@@ -78,6 +95,10 @@ class _Target:
         if parts.query:
             path += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
         self.head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+        self.basic = None  # user:password in the URL: Basic auth, as aiohttp sent it
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self.basic = "Basic " + base64.b64encode(pair).decode()
 
 
 _targets: dict[tuple[str, str], _Target] = {}
@@ -98,6 +119,8 @@ _SKIPPED = frozenset(("host", "content-length", "transfer-encoding", "connection
 
 def _request_bytes(t: _Target, headers: dict[str, str], body: bytes) -> bytes:
     lines = [t.head]
+    if t.basic is not None and not any(name.lower() == "authorization" for name in headers):
+        lines.append(f"Authorization: {t.basic}\r\n")
     for name, value in headers.items():
         if name.lower() in _SKIPPED:
             continue
@@ -257,8 +280,11 @@ class Response:
 
     def _finish(self) -> None:
         if self._decoder is not None:
+            if not self._decoder.eof and not self._discard:
+                self._fail(UpstreamProtocolError("The upstream's compressed answer is cut short."))
+                return
             tail = self._decoder.flush()
-            if tail:
+            if tail and not self._discard:
                 self._buf.append(tail)
         self.complete = True
         self._stop_timer()
@@ -293,12 +319,26 @@ class Response:
             self._fail(asyncio.TimeoutError())
             return
         conn = self._conn
-        if conn is not None and conn.paused:  # we are the slow side, not the upstream
-            self._last = now
+        if conn is not None and (conn.paused or _uploading(conn.transport)):
+            self._last = now  # we are the slow side (reading paused, or our body still uploading)
         if now - self._last >= self._read_timeout:
             self._fail(asyncio.TimeoutError())
             return
         self._timer = self._loop.call_at(min(self._last + self._read_timeout, self._deadline), self._on_timer)
+
+
+def _uploading(transport) -> bool:
+    """Is our request still leaving: bytes in the transport's buffer, or in the kernel's send
+    queue not yet acknowledged (SIOCOUTQ; asked only when a read timer fires)."""
+    if transport.get_write_buffer_size():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None or _SIOCOUTQ is None:
+        return False
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0] > 0
+    except (OSError, ValueError):
+        return False
 
 
 class _Conn(asyncio.Protocol):
@@ -345,12 +385,17 @@ class _Conn(asyncio.Protocol):
         resp, self.resp = self.resp, None
         if resp is None or resp.complete:
             return
-        if resp._until_close and resp.status is not None and not resp._interim:
-            resp._finish()  # a body delimited by the connection's end
+        if exc is None and resp._until_close and resp.status is not None and not resp._interim:
+            resp._finish()  # a body delimited by the connection's end (a clean one, not a reset)
         else:
             resp._fail(UpstreamDisconnected("The upstream closed the connection before its answer was complete."))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        resp = self.resp
+        if resp is None or resp.complete:  # an answer nobody asked for (after a complete one)
+            raise UpstreamProtocolError("The upstream sent an answer nobody asked for.")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
@@ -391,7 +436,8 @@ class _Conn(asyncio.Protocol):
             self.resp = None
         if self.paused:
             self.resume()
-        if resp.keep_alive and not self.closed and not self.transport.is_closing():
+        if (resp.keep_alive and not self.closed and not self.transport.is_closing()
+                and not self.transport.get_write_buffer_size()):  # an early answer: our body still going out
             self.pool.put(self)
         else:  # the server closes it (Connection: close, HTTP/1.0): close our side cleanly
             self.closed = True
@@ -400,7 +446,11 @@ class _Conn(asyncio.Protocol):
 
     def abandon(self) -> None:
         self.closed = True
-        self.resp = None
+        self.paused = False
+        resp, self.resp = self.resp, None
+        if resp is not None and not resp.complete and resp._exc is None:
+            resp._conn = None  # (it is this connection: nothing to abandon twice)
+            resp._fail(UpstreamDisconnected("The connection was closed before the answer was complete."))
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
@@ -431,17 +481,21 @@ class Pool:
         t = _target(method, url)
         payload = _request_bytes(t, headers, body or b"")
         deadline = self.loop.time() + total
-        for _ in range(2):
-            conn = self._take(t.key)
+        for retry in (False, True):
+            conn = None if retry else self._take(t.key)
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(t, max(min(connect_timeout, deadline - self.loop.time()), 0.001))
+            sent_at = self.loop.time()
             resp = conn.send(payload, read_timeout, deadline)
             try:
                 await resp._headers()
             except UpstreamDisconnected:
-                if reused and not resp._got_bytes:
-                    continue  # an idle connection the server had closed: once more on a new one
+                if reused and not resp._got_bytes and self.loop.time() - sent_at < STALE_WINDOW:
+                    # An idle connection the server had closed as we wrote: the request did not
+                    # reach it. Once more, on a new connection. A connection that dies later
+                    # may have had the request worked on: not replayed (fallback decides).
+                    continue
                 raise
             except BaseException:
                 resp.close()

@@ -371,3 +371,163 @@ async def test_release_keeps_the_connection_when_the_rest_arrives_and_close_does
         assert not pool.open
         pool.close()
     assert server.connections == 2  # the first (kept after /fast, given up on /slow), then a new one
+
+
+# --- regressions from the review of this client ------------------------------------------------
+
+async def test_the_start_of_an_answer_nobody_asked_for_never_becomes_the_next_calls_answer():
+    async def handler(request, number, writer):
+        if number == 1:  # answer 1 and, in the same packet, the head of an answer nobody asked for
+            writer.write(answer(b"first!") + b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n")
+        else:
+            writer.write(answer(b"second"))
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        async with await call(pool, server.url) as resp:
+            assert await resp.read() == b"first!"
+        async with await call(pool, server.url) as resp:
+            assert await resp.read() == b"second"  # not b"stray-bytes" completing the stray head
+        pool.close()
+    assert server.connections == 2
+
+
+async def test_a_reused_connection_lost_long_after_the_request_is_not_replayed(monkeypatch):
+    monkeypatch.setattr(httpclient, "STALE_WINDOW", 0.2)
+
+    async def handler(request, number, writer):
+        if len(server.requests) == 1:
+            writer.write(answer(b"{}"))
+            return None
+        await asyncio.sleep(0.5)  # the upstream works on it, then its worker dies without a byte
+        return "close"
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        async with await call(pool, server.url) as resp:
+            await resp.read()
+        with pytest.raises(UpstreamDisconnected):
+            await call(pool, server.url)
+        pool.close()
+    assert len(server.requests) == 2  # sent once: a provider would not run (and bill) it twice
+
+
+async def test_the_retry_uses_a_new_connection_not_another_stale_one():
+    per_connection: dict[int, int] = {}
+
+    async def handler(request, number, writer):
+        per_connection[number] = per_connection.get(number, 0) + 1
+        if per_connection[number] == 2:
+            return "close"  # every connection: closed at its second request, without a byte
+        writer.write(answer(b'{"n":%d}' % number))
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        first = await asyncio.gather(*(call(pool, server.url) for _ in range(3)))
+        for resp in first:
+            await resp.read()
+        assert len(pool.open) == 3  # three idle connections, each stale on its next use
+        async with await call(pool, server.url) as resp:
+            assert await resp.read() == b'{"n":4}'  # one stale connection, then a NEW one
+        pool.close()
+    assert per_connection[4] == 1 and sum(1 for n in per_connection.values() if n == 2) == 1
+
+
+async def test_an_early_answer_during_an_upload_does_not_pool_the_connection():
+    class EarlyServer(RawServer):
+        async def _serve(self, reader, writer):  # answers after the head, never reads the body
+            self.connections += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer(b"{}", status="413 Payload Too Large"))
+            await writer.drain()
+            await asyncio.sleep(2)
+            writer.close()
+
+    async with EarlyServer(None) as server:
+        pool = Pool(asyncio.get_running_loop())
+        async with await call(pool, server.url, body=b"x" * (32 << 20)) as resp:
+            assert resp.status == 413 and await resp.read() == b"{}"
+        assert not any(pool.idle.values())  # our body was still going out: not reusable
+        pool.close()
+
+
+async def test_an_upload_slower_than_the_read_timeout_is_not_a_timeout():
+    class SlowReader(RawServer):
+        async def _serve(self, reader, writer):
+            self.connections += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            got = 0
+            while got < length:  # a slow link, ~2 MB/s
+                got += len(await reader.read(min(65536, length - got)))
+                await asyncio.sleep(0.03)
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    async with SlowReader(None) as server:
+        pool = Pool(asyncio.get_running_loop())
+        async with await call(pool, server.url, body=b"x" * (6 << 20), read_timeout=1.0, total=30) as resp:
+            assert await resp.read() == b"ok"
+        pool.close()
+
+
+async def test_a_reset_is_not_the_end_of_a_close_delimited_body_nor_a_cut_gzip_complete():
+    import socket
+    import struct
+
+    async def handler(request, number, writer):
+        if b"/gzip" in request:
+            packed = gzip.compress(bytes(range(256)) * 40)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\nconnection: close\r\n\r\n"
+                         + packed[:len(packed) // 2])
+            await writer.drain()
+            return "close"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {}\n\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+        return "close"
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        resp = await call(pool, server.url)
+        with pytest.raises(UpstreamDisconnected):
+            await resp.read()
+        resp = await call(pool, f"http://127.0.0.1:{server.port}/gzip")
+        with pytest.raises(UpstreamProtocolError):
+            await resp.read()
+        pool.close()
+
+
+async def test_closing_the_pool_fails_answers_in_flight_at_once():
+    async def handler(request, number, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        resp = await call(pool, server.url, read_timeout=4)
+        assert await resp.readany() == b"abc"
+        pool.close()  # what the gateway's shutdown does
+        started = time.monotonic()
+        with pytest.raises(UpstreamDisconnected):
+            await resp.readany()
+        assert time.monotonic() - started < 1  # not after the read timeout
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth_and_kept_out_of_errors():
+    import base64
+
+    async def handler(request, number, writer):
+        writer.write(answer(b"{}"))
+
+    async with RawServer(handler) as server:
+        pool = Pool(asyncio.get_running_loop())
+        url = f"http://us%40er:p%3Ass@127.0.0.1:{server.port}/v1"
+        async with await pool.request("POST", url, {}, b"", connect_timeout=1, read_timeout=1, total=1) as resp:
+            await resp.read()
+        pool.close()
+    assert b"Authorization: Basic " + base64.b64encode(b"us@er:p:ss") in server.requests[0]
