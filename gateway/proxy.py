@@ -264,6 +264,10 @@ async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
         settled[0] = await settle(ctx, admission, outcome)
         return settled[0]
 
+    # Watched from the start: a client that leaves while the upstream is still thinking
+    # (minutes before a reasoning model's first token) cancels the upstream call there too.
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(receive, asyncio.current_task(), gone))
     try:
         try:
             opened = await fallback.run(ctx.model, admission, outcome, _stream_attempt(ctx, admission, include_usage),
@@ -271,9 +275,17 @@ async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
         except errors.GatewayError as exc:
             _fail(outcome, exc)
             raise
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            asyncio.current_task().uncancel()  # the client left before the first byte: nothing to send
+            outcome.client_disconnected = True
+            outcome.status = "disconnected"
+            return
         outcome.ttfb_ms = int((time.time() - ctx.started_at) * 1000)
-        await _relay(ctx, receive, send, opened, outcome, finish)
+        await _relay(ctx, send, opened, outcome, finish, gone)
     finally:
+        watcher.cancel()
         if not settled:
             await finish()
 
@@ -289,16 +301,12 @@ def settlement_comment(settlement) -> bytes:
     return text.encode() + b"\n\n"
 
 
-async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outcome, finish) -> None:
+async def _relay(ctx: CallContext, send, opened: _Opened, outcome: Outcome, finish, gone: asyncio.Event) -> None:
     relay = asyncio.current_task()
-    gone = asyncio.Event()
-    watcher = None
     model = ctx.requested_model
     try:
         await start_sse(send, ctx.request_id)
         await send({"type": "http.response.body", "body": _frames(opened.first, model), "more_body": True})
-        # Watched from here: its first step then runs after the first byte has left, not before.
-        watcher = asyncio.create_task(_watch_disconnect(receive, relay, gone))
         decoder = opened.decoder
         if opened.pending and not decoder.done:
             await _relay_batch(send, decoder, opened.pending, model)
@@ -331,9 +339,6 @@ async def _relay(ctx: CallContext, receive, send, opened: _Opened, outcome: Outc
             await send({"type": "http.response.body", "body": errors.stream_error_event(error)})
         except Exception:
             pass
-    finally:
-        if watcher is not None:
-            watcher.cancel()
 
 
 async def _relay_batch(send, decoder, batch, model: str) -> None:

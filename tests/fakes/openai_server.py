@@ -108,6 +108,28 @@ def stream(answer: str | None = None, *, pieces: int = 4, delay: float = 0.0, dr
     return behave
 
 
+def thinking_stream(seconds: float = 10.0) -> Behaviour:
+    """Sends nothing for `seconds` (a reasoning model before its first token), then a
+    stream; counts a client that went away meanwhile as a cancellation."""
+
+    async def behave(request):
+        fake = request[FAKE]
+        deadline = asyncio.get_running_loop().time() + seconds
+        try:
+            while asyncio.get_running_loop().time() < deadline:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    fake.cancelled += 1
+                    return web.Response(status=499)
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:  # aiohttp cancels the handler of a connection that closed
+            fake.cancelled += 1
+            raise
+        return await stream()(request)
+
+    return behave
+
+
 def endless_stream(interval: float = 0.02) -> Behaviour:
     """Streams a piece every `interval` until the client goes away; counts the cancellation."""
 

@@ -100,6 +100,28 @@ def test_client_disconnect_cancels_upstream_and_settles(live_gateway, world_open
     assert outcome.usage.output_tokens >= 5 and outcome.usage.estimated
 
 
+def test_client_gone_before_the_first_token_cancels_the_upstream_call(live_gateway, world_openai, openai_up, biller):
+    # given: an upstream that thinks for a long time before its first token
+    openai_up.script(up.thinking_stream(seconds=20))
+    body = json.dumps({"model": "chat", "messages": MSG, "stream": True}).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {world_openai.secret}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    # when: the client gives up before any byte came back
+    with socket.create_connection(("127.0.0.1", live_gateway.port)) as sock:
+        sock.sendall(request)
+        deadline = time.monotonic() + 5
+        while not openai_up.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    # then: the gateway closes the upstream call at once, not after 20 s of thinking
+    deadline = time.monotonic() + 5
+    while (openai_up.cancelled == 0 or not biller.settled) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert openai_up.cancelled == 1
+    (_, outcome), = biller.wait_settled()
+    assert outcome.client_disconnected and outcome.status == "disconnected" and outcome.route is None
+
+
 def test_azure_non_stream_and_stream(live_gateway, azure_up):
     world = make_world([(azure_up, "azure_openai", "my-deployment", 0, 1)])
     client = world.client(f"{live_gateway.url}/v1")
