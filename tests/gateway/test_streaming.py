@@ -78,12 +78,17 @@ def test_raw_error_event_shape(live_gateway, world_openai, openai_up):
     assert error["code"] == "stream_interrupted" and set(error) >= {"message", "type", "param"}
 
 
+def _raw_stream_request(secret: str) -> bytes:
+    """A streamed chat call as bytes, for a client on a bare socket that can hang up."""
+    body = json.dumps({"model": "chat", "messages": MSG, "stream": True}).encode()
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secret}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
 def test_client_disconnect_cancels_upstream_and_settles(live_gateway, world_openai, openai_up, biller):
     # given: an upstream that streams until someone hangs up
     openai_up.script(up.endless_stream(interval=0.01))
-    body = json.dumps({"model": "chat", "messages": MSG, "stream": True}).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {world_openai.secret}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = _raw_stream_request(world_openai.secret)
     # when: the client reads a little and closes the socket
     with socket.create_connection(("127.0.0.1", live_gateway.port)) as sock:
         sock.sendall(request)
@@ -103,9 +108,7 @@ def test_client_disconnect_cancels_upstream_and_settles(live_gateway, world_open
 def test_client_gone_before_the_first_token_cancels_the_upstream_call(live_gateway, world_openai, openai_up, biller):
     # given: an upstream that thinks for a long time before its first token
     openai_up.script(up.thinking_stream(seconds=20))
-    body = json.dumps({"model": "chat", "messages": MSG, "stream": True}).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {world_openai.secret}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = _raw_stream_request(world_openai.secret)
     # when: the client gives up before any byte came back
     with socket.create_connection(("127.0.0.1", live_gateway.port)) as sock:
         sock.sendall(request)
