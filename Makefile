@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench install system-deps migrate clean
+.PHONY: run test test-fast lint bench install system-deps migrate clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "TokenBill needs Python 3.11 or newer")'
@@ -27,7 +27,11 @@ migrate: install
 run: install
 	@$(PY) scripts/run.py
 
-test: install system-deps
+# The linter runs first: an undefined name or an unused import fails the run before the suite starts.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -16,6 +16,7 @@ from gateway.adapters.base import (
     Adapter,
     HttpCall,
     SSEEvent,
+    StreamDecoder,
     UpstreamError,
     Usage,
     register,

@@ -9,7 +9,6 @@ from asgiref.sync import sync_to_async
 from billing.gate import BudgetExhausted, Outcome
 from billing.ledger import ledger_sums
 from billing.models import LedgerEntry, RequestLog
-from billing.models_usage import Reservation
 from gateway.adapters.base import Usage
 from routing.models import AccessKey, VirtualEndpoint
 from tests import factories
