@@ -1,8 +1,8 @@
-"""End-user facing billing pages (checkout) and the Stripe webhook."""
+"""End-user facing billing pages (checkout, public model pricing) and the Stripe webhook."""
 
 from django.urls import path
 
-from billing import checkout_views, webhooks
+from billing import checkout_views, pricing_public, webhooks
 
 app_name = "billing"
 
@@ -14,5 +14,6 @@ urlpatterns: list = [
     path("checkout/success", checkout_views.checkout_success, name="checkout_success"),
     path("checkout/success/status", checkout_views.checkout_success_status, name="checkout_success_status"),
     path("checkout/cancel", checkout_views.checkout_cancel, name="checkout_cancel"),
+    path("pricing/<slug:slug>", pricing_public.pricing_page, name="pricing"),
     path("stripe/webhook/", webhooks.stripe_webhook, name="stripe_webhook"),
 ]

@@ -283,7 +283,7 @@ class ExchangeRateForm(forms.ModelForm):
 class OrganizationSettingsForm(forms.ModelForm):
     class Meta:
         model = Organization
-        fields = ["name", "markup", "alert_webhook_url"]
+        fields = ["name", "markup", "alert_webhook_url", "pricing_public"]
         help_texts = {"markup": "Charge = cost in credits × markup, for models without a sale price. 1.2 = 20% margin."}
 
     def clean_alert_webhook_url(self):

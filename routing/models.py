@@ -48,6 +48,9 @@ class Organization(models.Model):
     )
     alert_webhook_url = models.URLField(blank=True, help_text="Receives signed low-balance alerts.")
     alert_webhook_secret = models.CharField(max_length=64, blank=True, default="")
+    pricing_public = models.BooleanField(
+        default=False, help_text="Publish the prices of every model that can be bought at /pricing/<slug>."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -183,6 +183,16 @@ def test_org_markup_saved_by_owner(owner_client, org):
     assert org.markup == Decimal("1.25")
 
 
+def test_owner_publishes_the_pricing_page(owner_client, org, client):
+    assert client.get(f"/pricing/{org.slug}").status_code == 404
+    owner_client.post(reverse("console:org_settings"),
+                      {"name": "Acme", "markup": "1", "alert_webhook_url": "", "pricing_public": "on"})
+    org.refresh_from_db()
+    assert org.pricing_public
+    assert f'href="/pricing/{org.slug}"'.encode() in owner_client.get(reverse("console:org_settings")).content
+    assert client.get(f"/pricing/{org.slug}").status_code == 200
+
+
 def test_invitation_flow(owner_client, org, mailoutbox):
     from django.test import Client
 
