@@ -1,4 +1,4 @@
-"""Management API: the ledger, the request log and usage reports (read-only).
+"""Management API: the ledger, the request log, runs and usage reports (read-only).
 
 Amounts are decimal-string credits (billing.money.format_credits); cost in the provider's
 currency is a decimal string too. Everything is scoped to the token's organization.
@@ -9,9 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+import csv
+import io
+
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Query, Router, Schema
+from ninja.errors import HttpError
 
+from billing import runs
 from billing.models import LedgerEntry, RequestLog
 from billing.money import format_credits
 from billing.usage import usage_report
@@ -123,3 +129,121 @@ def usage(request, ve: str | None = None, group_by: Literal["day", "logical_mode
                         since=since, until=until)
     return [{**r, "cost": format_credits(r["cost_credits"]), "charge": format_credits(r["charge"]),
              "margin": format_credits(r["margin"])} for r in rows]
+
+
+# --- runs (billing/runs.py) ---------------------------------------------------------------
+class RunRow(Schema):
+    run_id: str
+    virtual_endpoint: str
+    started_at: datetime
+    ended_at: datetime
+    calls: int
+    failures: int
+    input_tokens: int
+    cached_input_tokens: int
+    cache_creation_tokens: int
+    output_tokens: int
+    cost: str
+    charge: str
+
+    @staticmethod
+    def resolve_cost(obj) -> str:
+        return format_credits(obj.cost_credits)
+
+    @staticmethod
+    def resolve_charge(obj) -> str:
+        return format_credits(obj.charge)
+
+
+class RunAttempt(Schema):
+    upstream_model: str
+    provider: str
+    status: int | str | None
+    error: str
+
+
+class RunStepRow(Schema):
+    request_id: str
+    started_at: datetime
+    latency_ms: int
+    model: str
+    served_by: str
+    status: str
+    http_status: int
+    error_code: str
+    input_tokens: int
+    output_tokens: int
+    usage_estimated: bool
+    cost: str
+    charge: str
+    fallbacks: list[RunAttempt]
+
+    @staticmethod
+    def resolve_cost(obj) -> str:
+        return format_credits(obj.cost_credits)
+
+    @staticmethod
+    def resolve_charge(obj) -> str:
+        return format_credits(obj.charge)
+
+
+class RunRoute(Schema):
+    served_by: str
+    calls: int
+    charge: str
+
+    @staticmethod
+    def resolve_charge(obj) -> str:
+        return format_credits(obj["charge"])
+
+
+class RunDetail(Schema):
+    run: RunRow
+    models: list[str]
+    routes: list[RunRoute]
+    fallbacks: int
+    steps: list[RunStepRow]
+
+
+@router.get("/runs", response=list[RunRow])
+def run_list(request, ve: str | None = None, since: datetime | None = None, limit: int = 100):
+    """Runs (calls sharing an X-TokenBill-Run-Id within one VE), most recently active first."""
+    return runs.run_list(request.auth.organization_id, ve_public_id=ve, since=since, limit=limit)
+
+
+def _report(request, run_id: str, ve: str | None) -> runs.RunReport:
+    try:
+        report = runs.run_report(request.auth.organization_id, run_id, ve)
+    except runs.AmbiguousRun as exc:
+        raise HttpError(409, str(exc)) from None
+    if report is None:
+        raise HttpError(404, "No calls with this run id.")
+    return report
+
+
+@router.get("/runs/{run_id}", response=RunDetail)
+def run_detail(request, run_id: str, ve: str | None = None):
+    """One run: totals, models asked, routes that served, and every call in order with the
+    routes tried before the one that answered (and why they failed)."""
+    report = _report(request, run_id, ve)
+    return {"run": report.summary, "models": report.models, "routes": report.routes,
+            "fallbacks": report.fallbacks, "steps": report.steps}
+
+
+@router.get("/runs/{run_id}/calls.csv")
+def run_calls_csv(request, run_id: str, ve: str | None = None):
+    """The run's calls as CSV, one row per call, amounts in credits."""
+    report = _report(request, run_id, ve)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["request_id", "started_at", "model", "served_by", "status", "http_status", "error_code",
+                     "input_tokens", "output_tokens", "usage_estimated", "cost_credits", "charge", "fallbacks"])
+    for s in report.steps:
+        tried = "; ".join(f"{a['upstream_model']} @ {a['provider']}: {a['status']} {a['error']}".strip()
+                          for a in s.fallbacks)
+        writer.writerow([s.request_id, s.started_at.isoformat(), s.model, s.served_by, s.status, s.http_status,
+                         s.error_code, s.input_tokens, s.output_tokens, s.usage_estimated,
+                         format_credits(s.cost_credits), format_credits(s.charge), tried])
+    response = HttpResponse(out.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="run-{report.summary.virtual_endpoint}.csv"'
+    return response

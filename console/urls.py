@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.views import auth, dashboard, endpoints, logs, models, org, playground, providers
+from console.views import auth, dashboard, endpoints, logs, models, org, playground, providers, runs
 
 app_name = "console"
 
@@ -51,6 +51,9 @@ urlpatterns = [
     path("requests/", logs.request_list, name="requests"),
     path("requests/export.csv", logs.request_export, name="requests_export"),
     path("requests/<int:pk>/", logs.request_detail, name="request_detail"),
+    # runs
+    path("runs/", runs.run_list, name="runs"),
+    path("runs/<str:ve_public_id>/<path:run_id>/", runs.run_detail, name="run_detail"),
     # organization
     path("rates/", org.rates, name="rates"),
     path("settings/", org.org_settings, name="org_settings"),
