@@ -199,7 +199,7 @@ class VirtualEndpointForm(forms.ModelForm):
         model = VirtualEndpoint
         fields = ["name", "description", "allowed_models", "requests_per_minute", "tokens_per_minute",
                   "exhaustion_mode", "checkout_amounts", "checkout_min_amount", "checkout_max_amount",
-                  "low_balance_threshold", "status"]
+                  "low_balance_threshold", "status", "portal_enabled", "portal_email", "portal_manage_keys"]
         widgets = {"allowed_models": forms.CheckboxSelectMultiple}
         help_texts = {"allowed_models": "Empty: none can be called yet.",
                       "checkout_min_amount": "Cents, for custom amounts.", "checkout_max_amount": "Cents."}

@@ -294,6 +294,12 @@ class VirtualEndpoint(models.Model):
     low_balance_threshold = models.BigIntegerField(default=0, help_text="Micro-credits; 0 turns alerts off.")
     low_balance_alerted = models.BooleanField(default=False, editable=False)
     status = models.CharField(max_length=16, choices=EndpointStatus.choices, default=EndpointStatus.ACTIVE)
+    # The customer portal (billing/portal.py): the person who pays signs in with a magic link
+    # sent to portal_email or to a receipt email of a paid top-up of this VE.
+    portal_enabled = models.BooleanField(default=False, help_text="Let the customer who pays see this endpoint's "
+                                         "balance, usage, payments and receipts at /portal/.")
+    portal_email = models.EmailField(blank=True, default="", help_text="Also let this address sign in to the portal.")
+    portal_manage_keys = models.BooleanField(default=False, help_text="Let the customer create and disable keys.")
     credit_budget = models.BigIntegerField(default=0, editable=False)
     credit_spend = models.BigIntegerField(default=0, editable=False)
     credit_reserved = models.BigIntegerField(default=0, editable=False)
