@@ -222,6 +222,17 @@ GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Audio uploads (/v1/audio/transcriptions, /translations): the whole multipart body; OpenAI takes 25 MB files.
 GATEWAY_MAX_UPLOAD_BYTES = envint("GATEWAY_MAX_UPLOAD_BYTES", 26 * 1024 * 1024)
 
+# --- Upstream network (gateway/httpclient.py; README "Network settings") ---------------------
+# Provider base URLs on private, loopback or link-local addresses (a LAN vLLM, a compose
+# service): allowed in the embedded default (one operator, the demo's fake upstream on
+# 127.0.0.1) and under tests; refused when DATABASE_URL is set unless allowed here or by the
+# provider's own flag (Django admin). Cloud metadata addresses are refused always.
+UPSTREAM_ALLOW_PRIVATE = envbool("UPSTREAM_ALLOW_PRIVATE", not env("DATABASE_URL", "") or "pytest" in sys.modules)
+UPSTREAM_DNS_TTL = envfloat("UPSTREAM_DNS_TTL", 30.0)  # seconds a resolved (and checked) name is reused
+UPSTREAM_MAX_CONNECTIONS_PER_HOST = envint("UPSTREAM_MAX_CONNECTIONS_PER_HOST", 256)  # excess calls wait
+UPSTREAM_MAX_ANSWER_BYTES = envint("UPSTREAM_MAX_ANSWER_BYTES", 64 * 1024 * 1024)  # decoded, per answer
+UPSTREAM_HAPPY_EYEBALLS_DELAY = envfloat("UPSTREAM_HAPPY_EYEBALLS_DELAY", 0.25)  # RFC 8305 attempt delay
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
