@@ -65,7 +65,8 @@ class RealBiller:
         self._confirmed: list[tuple] = []  # ... answered, waiting for the next batch (_record_confirmed)
         self._record_timer: asyncio.TimerHandle | None = None
         if hasattr(self.budget, "before_rebuild"):
-            self.budget.before_rebuild = self.writer.flush
+            # the spool's waits until every process's undrained charges are in the ledger
+            self.budget.before_rebuild = getattr(self.writer, "ready_for_rebuild", self.writer.flush)
 
     # --- admit -------------------------------------------------------------------------
 

@@ -25,6 +25,17 @@ set once per Redis lifetime). A gateway keeps what it pushed until the drained t
 passes it (normally a second or two; at most MAX_RETAINED records); when the epoch
 changes, Redis lost its data, and the gateway pushes what it kept again. The drain trims
 only within the epoch it read, so it never drops records pushed after a restart.
+
+A gateway that keeps undrained records asks for the epoch every tick even with nothing new
+to push (`push` with no records), so it re-pushes within a tick of a loss, not at its next
+call. The epoch carries the Redis time it was created at: for LOSS_GRACE seconds after
+that, a counter rebuild (billing/budget_redis.py) waits, then drains everything pushed so
+far, before it reads the ledger (`ready_for_rebuild`); see README "Redis loss".
+
+Two drainers (a rebuild's and Celery's; a FLUSHALL drops the lock) are safe: the drain
+reads the list, the epoch and the drained total in one step and trims only if the drained
+total is still the one it read (compare-and-set), so it never trims records it did not
+write; the rows it wrote twice are deduplicated by the database.
 """
 
 from __future__ import annotations
@@ -34,10 +45,14 @@ import json
 import logging
 import secrets
 import threading
+import time
 import weakref
 from collections import deque
 from datetime import datetime
 from decimal import Decimal
+
+import redis.exceptions
+from django.conf import settings
 
 log = logging.getLogger("tokenbill.billing")
 
@@ -46,8 +61,14 @@ MAX_BATCH = 500  # records per RPUSH, and per drained SQL transaction
 MAX_BUFFER = 100_000  # records kept in memory while Redis is unreachable (oldest dropped beyond)
 MAX_RETAINED = 20_000  # pushed records kept until drained, against a Redis restart (~25 MB)
 LOCK_SECONDS = 60  # a drainer that died releases the list after this
+LOSS_GRACE = 3.0  # seconds after a Redis loss for every live gateway to push its records again
+READY_TIMEOUT = 20.0  # a rebuild that cannot drain by then refuses the call (503)
 
 _DECIMALS = ("audio_seconds", "cost")
+
+
+class BudgetNotReady(redis.exceptions.RedisError):
+    """Counters cannot be rebuilt safely yet (the biller answers 503, like Redis down)."""
 
 # A request-log row as billing/biller.py's log_row builds it: its fields, in its order. Such a
 # row is encoded as the list of its values (the names are the same in every record: about a
@@ -61,11 +82,13 @@ _ROW_FIELDS = (
 )
 _I_AUDIO, _I_COST, _I_STARTED = (_ROW_FIELDS.index(name) for name in ("audio_seconds", "cost", "started_at"))
 
-# KEYS: list, pushed, drained, epoch. ARGV: a new epoch, records... -> {epoch, pushed, drained}
+# KEYS: list, pushed, drained, epoch. ARGV: a new epoch's random part, records...
+# -> {epoch, pushed, drained}. An epoch is "random:created" (Redis time, milliseconds).
 _PUSH = """
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
-  epoch = ARGV[1]
+  local t = redis.call('TIME')
+  epoch = ARGV[1] .. ':' .. string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
   redis.call('SET', KEYS[4], epoch)
 end
 for i = 2, #ARGV, 200 do
@@ -75,11 +98,27 @@ local pushed = redis.call('INCRBY', KEYS[2], #ARGV - 1)
 return {epoch, pushed, tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
-# KEYS: list, drained, epoch. ARGV: epoch read by the drainer, records written.
+# KEYS: list, drained, epoch. ARGV: batch size -> {epoch, drained, records...} in one step.
+_READ = """
+local out = {redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[2]) or '0'}
+for _, r in ipairs(redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do table.insert(out, r) end
+return out
+"""
+
+# KEYS: list, drained, epoch. ARGV: epoch and drained total read by the drainer, records
+# written. Trims only the records it read: a restart since -> -1, another drainer's trim -> -2.
 _TRIM = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
-redis.call('LTRIM', KEYS[1], ARGV[2], -1)
-return redis.call('INCRBY', KEYS[2], ARGV[2])
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return -2 end
+redis.call('LTRIM', KEYS[1], ARGV[3], -1)
+return redis.call('INCRBY', KEYS[2], ARGV[3])
+"""
+
+# KEYS: pushed, drained, epoch -> {epoch, pushed, drained, now (ms)}
+_STATE = """
+local t = redis.call('TIME')
+return {redis.call('GET', KEYS[3]) or '', tonumber(redis.call('GET', KEYS[1]) or '0'),
+        tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
 _UNLOCK = """
@@ -232,6 +271,9 @@ class RedisLogSpool:
     async def push(self) -> int:
         records = self._take()
         if not records:
+            if self._retained:  # nothing new, but undrained records: learn the epoch and drained total
+                self._pushed([], await self.fast().evalsha(_PUSH, self._keys, [secrets.token_hex(8)]))
+                await self._repush_after_restart()
             return 0
         try:
             fast = self.fast()
@@ -274,7 +316,8 @@ class RedisLogSpool:
                 self._lost_batches = [records for _, records in self._retained]
                 self._retained.clear()
             self._epoch = epoch
-            self._retained.append((pushed, batch))
+            if batch:
+                self._retained.append((pushed, batch))
             while self._retained and self._retained[0][0] <= drained:
                 self._retained.popleft()
             kept = sum(len(records) for _, records in self._retained)
@@ -311,6 +354,52 @@ class RedisLogSpool:
                 log.exception("request log listener failed")
         return written
 
+    async def ready_for_rebuild(self) -> None:
+        """Before counters are rebuilt from the ledger: every charge settled anywhere must be
+        in it. Push ours; if Redis lost its data less than LOSS_GRACE ago (or has no epoch
+        yet: then this starts one), wait until the grace is over, so every live gateway had
+        ticks to push what it kept; then drain until the drained total reaches what was
+        pushed by then (another drainer may be doing it). Raises BudgetNotReady (the call
+        gets a 503) when that cannot be done within READY_TIMEOUT."""
+        from billing.requestlog import _executor
+
+        await self.push()
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + READY_TIMEOUT
+        state = await self._state()
+        if not state[0]:  # no epoch: a fresh or emptied Redis; start one, its grace begins now
+            await self.fast().evalsha(_PUSH, self._keys, [secrets.token_hex(8)])
+            state = await self._state()
+        grace = float(getattr(settings, "BILLING_REDIS_LOSS_GRACE", LOSS_GRACE))
+        created = int(state[0].rsplit(b":", 1)[1]) if b":" in state[0] else 0
+        wait = (created + grace * 1000 - state[3]) / 1000
+        if wait > 0:
+            log.warning("Redis lost its data %.1f s ago: counters are rebuilt when every gateway pushed its "
+                        "records again (in %.1f s)", grace - wait, wait)
+            await asyncio.sleep(wait)
+            await self.push()
+            state = await self._state()
+        target, epoch = state[1], state[0]
+        while True:
+            deferred: list = []
+            await loop.run_in_executor(_executor, self._drain_in_thread, deferred)
+            for coroutine in deferred:
+                try:
+                    await coroutine
+                except Exception:
+                    log.exception("request log listener failed")
+            state = await self._state()
+            if state[0] != epoch or state[2] >= target:
+                return  # drained through what was pushed (or Redis was lost again: its rebuild waits anew)
+            if time.monotonic() > deadline:
+                raise BudgetNotReady("request log not drained; counters cannot be rebuilt safely")
+            await asyncio.sleep(0.05)  # another drainer holds the lock
+
+    async def _state(self) -> list:
+        epoch, pushed, drained, now = await self.fast().evalsha(_STATE, self._keys[1:], [])
+        epoch = epoch if isinstance(epoch, bytes) else str(epoch).encode()
+        return [epoch, int(pushed), int(drained), int(now)]
+
     def _drain_in_thread(self, deferred: list) -> int:
         from django.db import connections
 
@@ -336,9 +425,8 @@ class RedisLogSpool:
         written = 0
         try:
             for _ in range(max_batches):
-                epoch = self.sync.get(self._keys[3])
-                raw = self.sync.lrange(self.key, 0, MAX_BATCH - 1)
-                if not raw or epoch is None:
+                epoch, drained, *raw = self.sync.eval(_READ, 3, self.key, self._keys[2], self._keys[3], MAX_BATCH)
+                if not raw or not epoch:
                     break
                 rows, charges = [], []
                 for record in raw:
@@ -352,8 +440,11 @@ class RedisLogSpool:
                     if charge is not None:
                         charges.append(charge)
                 write_batch(rows, charges)
-                if self.sync.eval(_TRIM, 3, self.key, self._keys[2], self._keys[3], epoch, len(raw)) == -1:
+                trimmed = self.sync.eval(_TRIM, 3, self.key, self._keys[2], self._keys[3], epoch, drained, len(raw))
+                if trimmed == -1:
                     break  # Redis restarted meanwhile: the list is not the one read (the rows are in SQL)
+                if trimmed == -2:
+                    continue  # another drainer trimmed meanwhile: read again (writing a row twice is a no-op)
                 self.sync.expire(self.lock_key, LOCK_SECONDS)
                 written += len(rows)
                 self.written += len(rows)

@@ -8,7 +8,9 @@ Run by Celery beat (billing/tasks.py), in this order:
    batch was written; it is posted now (its request id is its idempotency key, so a late
    batch of the living process cannot double it), then the record is dropped.
 3. `reconcile_all`: every VE's counters are compared with its ledger sums and repaired;
-   each repair is a DriftReport row and a warning in the log, with the amounts.
+   each repair is a DriftReport row and a warning in the log, with the amounts. A VE whose
+   ledger spend exceeds its ledger budget cannot be repaired: it is recorded and suspended
+   (`_suspend_overspent`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 
 from billing.budget import Drift, get_budget
 from billing.budget_sql import SqlBudget
@@ -75,12 +77,37 @@ def reconcile_all() -> list[Drift]:
     for ve_id in ve_ids:
         try:
             drifts += sql.reconcile(ve_id)
-        except IntegrityError:
-            log.error("VE %s: ledger spend exceeds its budget; SQL counters left as they are", ve_id)
+        except IntegrityError:  # the mirror cannot hold spend > budget (ve_spend_within_budget)
+            _suspend_overspent(ve_id)
     for d in drifts:
         log.warning("drift repaired on VE %s: %s was %s, ledger says %s (%+d µcr)", d.ve_id, d.counter, d.found,
                     d.expected, d.found - d.expected)
     return drifts
+
+
+def _suspend_overspent(ve_id: int) -> None:
+    """The ledger charged more than the VE was ever given (a lost Redis, a bug): no counter
+    can be repaired to that, and serving on would widen it. Record it (a DriftReport with
+    counter "overspend": found = ledger spend, expected = ledger budget, once per amount) and
+    suspend the VE; the merchant tops it up or grants the difference, then re-activates it."""
+    from billing.ledger import ledger_sums
+    from billing.models_usage import DriftReport
+    from routing.models import EndpointStatus
+    from routing.services import config_changed
+
+    budget, spend = ledger_sums(ve_id)
+    if spend <= budget:
+        return
+    log.error("VE %s: ledger spend %s exceeds its budget %s (%+d µcr); VE suspended", ve_id, spend, budget,
+              spend - budget)
+    with transaction.atomic():
+        if not DriftReport.objects.filter(virtual_endpoint_id=ve_id, counter="overspend", found=spend,
+                                          expected=budget).exists():
+            DriftReport.objects.create(virtual_endpoint_id=ve_id, store="ledger", counter="overspend", found=spend,
+                                       expected=budget)
+        if VirtualEndpoint.objects.filter(pk=ve_id).exclude(status=EndpointStatus.SUSPENDED).update(
+                status=EndpointStatus.SUSPENDED):
+            config_changed()  # the gateways' snapshots refuse it (403 endpoint_suspended)
 
 
 def run() -> dict:

@@ -13,10 +13,14 @@ organization: another organization's id is a 404, never a 403 (no existence leak
 from __future__ import annotations
 
 from functools import wraps
+from urllib.parse import urlencode, urlsplit
+
+from django.conf import settings
+from django.http import HttpResponse
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, render, resolve_url
 
 from routing.models import Membership, Role
 
@@ -39,6 +43,23 @@ def current_membership(request) -> Membership | None:
     return memberships[0]
 
 
+def login_redirect(request):
+    """To the sign-in page, coming back afterwards. An htmx request (a modal, a search, an
+    inline edit) gets HX-Redirect: a plain 302 would be followed by the XHR and the login
+    page swapped into the modal, its form posting to the wrong URL. `next` is then the page
+    the user was on (HX-Current-URL, same host only), not the partial's URL."""
+    if not request.htmx:
+        return redirect_to_login(request.get_full_path())
+    back = request.get_full_path() if request.method in SAFE_METHODS else ""
+    current = urlsplit(request.headers.get("HX-Current-URL", ""))
+    if current.path and (not current.netloc or current.netloc == request.get_host()):
+        back = current.path + (f"?{current.query}" if current.query else "")
+    target = resolve_url(settings.LOGIN_URL) + (f"?{urlencode({'next': back})}" if back else "")
+    response = HttpResponse(status=401)
+    response["HX-Redirect"] = target
+    return response
+
+
 def console_view(read: str = Role.VIEWER, write: str | None = None):
     """Decorator: signed in, member of an organization, and role high enough for the method."""
     write = write or read
@@ -47,7 +68,7 @@ def console_view(read: str = Role.VIEWER, write: str | None = None):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
             if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
+                return login_redirect(request)
             membership = current_membership(request)
             if membership is None:
                 return render(request, "console/no_org.html", status=403)

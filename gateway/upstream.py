@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from django.conf import settings
+
 from gateway.adapters.base import HttpCall, SSEEvent
 from gateway.httpclient import Pool, Response
 from routing.snapshot import ProviderSnap
@@ -24,7 +26,9 @@ def pool() -> Pool:
     loop = asyncio.get_running_loop()
     p = _pools.get(loop)
     if p is None:
-        p = _pools[loop] = Pool(loop)
+        p = _pools[loop] = Pool(loop, max_per_host=settings.UPSTREAM_MAX_CONNECTIONS_PER_HOST,
+                                max_answer_bytes=settings.UPSTREAM_MAX_ANSWER_BYTES, dns_ttl=settings.UPSTREAM_DNS_TTL,
+                                happy_eyeballs_delay=settings.UPSTREAM_HAPPY_EYEBALLS_DELAY)
     return p
 
 
@@ -38,7 +42,8 @@ async def send(call: HttpCall, provider: ProviderSnap, remaining: float) -> Resp
     """Send the call; the caller reads and closes the response (`async with resp`)."""
     data = json.dumps(call.json).encode() if call.json is not None else call.data
     return await pool().request(call.method, call.url, call.headers, data, connect_timeout=provider.connect_timeout,
-                                read_timeout=provider.read_timeout, total=min(remaining, 86400.0))
+                                read_timeout=provider.read_timeout, total=min(remaining, 86400.0),
+                                proxy=provider.proxy, allow_private=provider.allow_private or settings.UPSTREAM_ALLOW_PRIVATE)
 
 
 def _event(block: bytes) -> SSEEvent | None:

@@ -72,7 +72,7 @@ def _provider_snaps() -> dict[int, ProviderSnap]:
         snaps[p.pk] = ProviderSnap(
             id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), api_key=api_key,
             api_version=p.api_version, currency=p.currency, connect_timeout=p.connect_timeout,
-            read_timeout=p.read_timeout,
+            read_timeout=p.read_timeout, allow_private=p.allow_private_network, proxy=p.proxy_url or None,
         )
     return snaps
 

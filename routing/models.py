@@ -12,11 +12,13 @@ import secrets
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
 from routing import crypto
+from tokenbill import netguard
 
 
 def _random_token(nbytes: int) -> str:
@@ -110,11 +112,37 @@ class ProviderKind(models.TextChoices):
 currency_validator = RegexValidator(r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code such as USD.")
 
 
+def validate_base_url(url: str) -> None:
+    """An http(s) URL whose host may be a single label (a docker-compose or Kubernetes service
+    name: Django's URLValidator refuses those) and is never a cloud metadata address, in any
+    spelling. Private targets are the provider's clean() (they depend on its flag)."""
+    problem = netguard.upstream_url_problem(url, allow_private=True)
+    if problem:
+        raise ValidationError(problem, code="invalid_base_url")
+
+
+def validate_proxy_url(url: str) -> None:
+    if url and url != "direct":
+        problem = netguard.upstream_url_problem(url, allow_private=True)
+        if problem or not url.startswith("http://"):
+            raise ValidationError('An http://[user:password@]host:port proxy, "direct", or empty (the environment).',
+                                  code="invalid_proxy_url")
+
+
 class Provider(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="providers")
     name = models.CharField(max_length=120)
     kind = models.CharField(max_length=24, choices=ProviderKind.choices)
-    base_url = models.URLField(max_length=500)
+    base_url = models.CharField(max_length=500, validators=[validate_base_url])
+    # Operator-only network settings (the Django admin; not in the merchants' console or API):
+    # a private upstream for this provider alone, and its egress proxy.
+    allow_private_network = models.BooleanField(
+        default=False, help_text="Allow a private, loopback or link-local upstream for this provider "
+                                 "(UPSTREAM_ALLOW_PRIVATE allows it for all). Metadata addresses stay refused.")
+    proxy_url = models.CharField(
+        max_length=500, blank=True, default="", validators=[validate_proxy_url],
+        help_text='Empty: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment; "direct": no proxy; '
+                  "or http://[user:password@]host:port.")
     # Fernet token; write-only through set_credentials(), never rendered or returned.
     credentials_encrypted = models.TextField(blank=True, default="", editable=False)
     api_version = models.CharField(max_length=40, blank=True, default="", help_text="Azure OpenAI api-version.")
@@ -131,6 +159,13 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        allow = self.allow_private_network or settings.UPSTREAM_ALLOW_PRIVATE
+        problem = netguard.upstream_url_problem(self.base_url or "", allow_private=allow)
+        if problem and not allow and netguard.upstream_url_problem(self.base_url or "", allow_private=True) is None:
+            raise ValidationError({"base_url": problem})  # (the other problems are the field's own)
 
     def set_credentials(self, api_key: str) -> None:
         self.credentials_encrypted = crypto.encrypt(api_key)

@@ -165,7 +165,8 @@ def merchant_create(
 # --- providers ------------------------------------------------------------------------
 
 PROVIDER_FIELDS = frozenset(
-    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "read_timeout", "enabled"}
+    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "read_timeout", "enabled",
+     "allow_private_network", "proxy_url"}  # (the last two: operator tools only, not in the API's schemas)
 )
 
 

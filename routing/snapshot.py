@@ -26,6 +26,8 @@ class ProviderSnap:
     currency: str
     connect_timeout: float
     read_timeout: float
+    allow_private: bool = False  # the provider's operator-set flag (UPSTREAM_ALLOW_PRIVATE is read per call)
+    proxy: str | None = None  # None: the environment's; "direct": none; else an http:// proxy URL
 
 
 @dataclass(frozen=True, slots=True)

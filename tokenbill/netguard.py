@@ -17,7 +17,9 @@ the address the host resolved to (a user must not learn the internal DNS through
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -31,8 +33,16 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # Cloud instance metadata services hand out the host's cloud credentials: AWS, GCP, Azure,
 # OpenStack (169.254.169.254), AWS over IPv6 (fd00:ec2::254), Alibaba (100.100.100.200).
 # Refused even when private targets are allowed: no webhook lives there.
+# AWS ECS task credentials (169.254.170.2) and EKS Pod Identity (169.254.170.23, fd00:ec2::23)
+# hand out credentials too.
 METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                                      "169.254.170.2", "169.254.170.23", "fd00:ec2::23")
+)
+# Names that resolve to a metadata service inside its cloud (GCP, AWS): refused as names,
+# before any DNS, so a refusal does not depend on where the check runs.
+METADATA_NAMES = frozenset(
+    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"}
 )
 # NAT64 (RFC 6052): a router translates 64:ff9b::7f00:1 to 127.0.0.1 on its side.
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
@@ -173,3 +183,75 @@ def _kind(address: IPAddress) -> str | None:
             return reason
     # What remains and is not global: shared address space (100.64.0.0/10, carrier-grade NAT).
     return None if address.is_global else "a non-public address"
+
+
+# --- provider base URLs (the gateway's upstreams) ------------------------------------------
+# An upstream is chosen by whoever configures a provider. Unlike a webhook it is often on a
+# private network (a docker-compose or Kubernetes service such as http://vllm:8000/v1, a
+# LAN Ollama), so private targets are a policy (UPSTREAM_ALLOW_PRIVATE, or the provider's
+# operator-set flag); the metadata addresses are refused always. Checked here at save, on
+# the URL as written, and by gateway/httpclient.py again at connect time after DNS.
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_IPV4_ISH = re.compile(r"[0-9a-fx.]+")
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host written as an IP literal means, in any form the C resolver takes
+    (dotted, decimal 2852039166, octal 0251.0376.0251.0376, hex 0xa9fea9fe, short forms,
+    [::ffff:169.254.169.254]); None for a name."""
+    host = host.strip("[]").split("%", 1)[0].rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _IPV4_ISH.fullmatch(host) and any(c.isdigit() for c in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def host_problem(host: str, *, allow_private: bool) -> str | None:
+    """Why a host as written may not be an upstream ("a cloud metadata address", ...), or None.
+    A name is judged only if it is a metadata name: its addresses are checked when resolved."""
+    if host.rstrip(".").lower() in METADATA_NAMES:
+        return "a cloud metadata address"
+    address = literal_address(host)
+    if address is None:
+        return None
+    return address_problem(address, allow_private=allow_private)
+
+
+def upstream_url_problem(url: str, *, allow_private: bool) -> str | None:
+    """Why `url` cannot be a provider's base URL, or None. Single-label hosts (service names)
+    are accepted; the reason never quotes the URL."""
+    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+        return "Enter a valid URL (http:// or https://, no spaces)."
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return "Enter a valid URL: the host or port is malformed."
+    if parts.scheme not in SCHEMES:
+        return "Enter an http:// or https:// URL."
+    host = parts.hostname or ""
+    if not host:
+        return "Enter a valid URL: it has no host."
+    if parts.fragment:
+        return "A base URL has no #fragment."
+    if literal_address(host) is None:
+        try:
+            ascii_host = host.rstrip(".").encode("idna").decode("ascii")
+        except UnicodeError:
+            return "Enter a valid URL: the host name is malformed."
+        if not all(_LABEL.fullmatch(label) for label in ascii_host.split(".")):
+            return "Enter a valid URL: the host name is malformed."
+    reason = host_problem(host, allow_private=allow_private)
+    if reason == "a cloud metadata address":
+        return "Refused: the host is a cloud metadata address."
+    if reason:
+        return (f"Refused: the host is {reason}. Private upstreams need UPSTREAM_ALLOW_PRIVATE=true "
+                "or the provider's private-network flag (set by the operator).")
+    return None

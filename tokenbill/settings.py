@@ -207,6 +207,9 @@ ALERT_WEBHOOK_ALLOW_PRIVATE = envbool("ALERT_WEBHOOK_ALLOW_PRIVATE", False)
 # Redis round trip; a slice takes new calls this many seconds, then what is left goes back.
 BILLING_LEASES = envbool("BILLING_LEASES", True)
 BILLING_LEASE_SECONDS = envfloat("BILLING_LEASE_SECONDS", 2.0)
+# After Redis loses its data, counters are rebuilt only this long after (every gateway
+# pushes its undrained charges again meanwhile; billing/logspool.py). Tests: no wait.
+BILLING_REDIS_LOSS_GRACE = envfloat("BILLING_REDIS_LOSS_GRACE", 0.0 if "pytest" in sys.modules else 3.0)
 
 # --- Gateway ----------------------------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
@@ -221,6 +224,17 @@ GATEWAY_GC_TUNING = envbool("GATEWAY_GC_TUNING", "pytest" not in sys.modules)
 GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 # Audio uploads (/v1/audio/transcriptions, /translations): the whole multipart body; OpenAI takes 25 MB files.
 GATEWAY_MAX_UPLOAD_BYTES = envint("GATEWAY_MAX_UPLOAD_BYTES", 26 * 1024 * 1024)
+
+# --- Upstream network (gateway/httpclient.py; README "Network settings") ---------------------
+# Provider base URLs on private, loopback or link-local addresses (a LAN vLLM, a compose
+# service): allowed in the embedded default (one operator, the demo's fake upstream on
+# 127.0.0.1) and under tests; refused when DATABASE_URL is set unless allowed here or by the
+# provider's own flag (Django admin). Cloud metadata addresses are refused always.
+UPSTREAM_ALLOW_PRIVATE = envbool("UPSTREAM_ALLOW_PRIVATE", not env("DATABASE_URL", "") or "pytest" in sys.modules)
+UPSTREAM_DNS_TTL = envfloat("UPSTREAM_DNS_TTL", 30.0)  # seconds a resolved (and checked) name is reused
+UPSTREAM_MAX_CONNECTIONS_PER_HOST = envint("UPSTREAM_MAX_CONNECTIONS_PER_HOST", 256)  # excess calls wait
+UPSTREAM_MAX_ANSWER_BYTES = envint("UPSTREAM_MAX_ANSWER_BYTES", 64 * 1024 * 1024)  # decoded, per answer
+UPSTREAM_HAPPY_EYEBALLS_DELAY = envfloat("UPSTREAM_HAPPY_EYEBALLS_DELAY", 0.25)  # RFC 8305 attempt delay
 
 LOGGING = {
     "version": 1,

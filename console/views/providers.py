@@ -4,6 +4,7 @@ write-only: the pages say whether one is set, never what it is."""
 from __future__ import annotations
 
 import httpx
+from django.conf import settings
 from django.db.models import Count
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -13,6 +14,7 @@ from console.forms import ProviderForm
 from console.views.common import apply_service, done, render_form, render_page
 from routing.models import Provider, Role, Route
 from routing import services
+from tokenbill import netguard
 
 TEMPLATE = "console/providers.html"
 CONFIRM_DELETE = "console/confirm_delete.html"
@@ -88,6 +90,9 @@ def provider_test(request, pk: int):
 def check_connection(provider: Provider) -> tuple[bool, str]:
     """One cheap authenticated call (list models). The message never contains the key."""
     url, headers, params = _probe(provider)
+    refused = _refused(provider, url)
+    if refused:
+        return False, refused
     timeout = httpx.Timeout(min(provider.read_timeout, 10.0), connect=min(provider.connect_timeout, 5.0))
     try:
         response = httpx.get(url, headers=headers, params=params, timeout=timeout)
@@ -121,6 +126,19 @@ def _check_with_chat(provider: Provider, headers: dict, timeout) -> tuple[bool, 
     if response.status_code >= 400:
         return False, f"HTTP {response.status_code} from {model}."
     return True, f"Connected: {model} answered."
+
+
+def _refused(provider: Provider, url: str) -> str | None:
+    """The gateway's own guard (gateway/httpclient.py) for this probe from the web process:
+    never a metadata address; a private one only where allowed. A name this process cannot
+    resolve is left to the probe (it may go through a proxy)."""
+    allow = provider.allow_private_network or settings.UPSTREAM_ALLOW_PRIVATE
+    try:
+        netguard.check_url(url, allow_private=allow)
+    except netguard.UnsafeURL as exc:
+        if "could not be resolved" not in exc.reason:
+            return f"Refused: {exc.reason}."
+    return None
 
 
 def _probe(provider: Provider) -> tuple[str, dict, dict]:

@@ -106,9 +106,10 @@ def _provider(org: Organization, upstream_url: str) -> Provider:
     provider = Provider.objects.filter(organization=org, name=PROVIDER_NAME).first()
     if provider is None:
         return services.provider_create(organization=org, name=PROVIDER_NAME, kind="openai_compatible",
-                                        base_url=upstream_url, api_key="fake-upstream-key", currency="USD")
-    if provider.base_url != upstream_url or not provider.enabled:
-        services.provider_update(provider=provider, base_url=upstream_url, enabled=True)
+                                        base_url=upstream_url, api_key="fake-upstream-key", currency="USD",
+                                        allow_private_network=True)  # the fake upstream is on loopback
+    if provider.base_url != upstream_url or not provider.enabled or not provider.allow_private_network:
+        services.provider_update(provider=provider, base_url=upstream_url, enabled=True, allow_private_network=True)
     return provider
 
 
