@@ -827,14 +827,14 @@ class Pool:
             head += chunk
             if len(head) > MAX_HEAD_BYTES:
                 raise ProxyError("The proxy's answer to CONNECT is too long.")
-        status_line, _, rest = head.partition(b"\r\n")
+        status_line = head.partition(b"\r\n")[0]
         fields = status_line.split(None, 2)
         if len(fields) < 2 or not fields[0].startswith(b"HTTP/1.") or not fields[1].isdigit():
             raise ProxyError("The proxy's answer to CONNECT is not HTTP.")
         status = int(fields[1])
         if not 200 <= status < 300:
             raise ProxyError(f"The proxy refused the tunnel (HTTP {status}).")
-        if not rest.endswith(b"\r\n\r\n") or rest.count(b"\r\n\r\n") != 1:
+        if not head.endswith(b"\r\n\r\n") or head.count(b"\r\n\r\n") != 1:
             raise ProxyError("The proxy sent bytes before the tunnel was used.")
 
     def put(self, conn: _Conn) -> None:
@@ -886,7 +886,6 @@ async def _connect_socket(loop, family: int, sockaddr: tuple) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await loop.sock_connect(sock, sockaddr)
     except BaseException:
         sock.close()
