@@ -697,6 +697,10 @@ class Pool:
             try:
                 async with asyncio.timeout_at(deadline):
                     conn = await waiter
+            except BaseException:  # timed out or cancelled: a connection handed over meanwhile goes back
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None and waiter.result():
+                    self.put(waiter.result())
+                raise
             finally:
                 waiters = self._waiters.get(key)
                 if waiters is not None:

@@ -392,3 +392,23 @@ async def test_requests_carry_the_tokenbill_user_agent_and_not_the_callers():
     assert [line for line in lines if line.lower().startswith(b"user-agent:")] == [
         f"User-Agent: {httpclient.USER_AGENT}".encode()]
     assert httpclient.USER_AGENT.startswith("TokenBill/") and httpclient.USER_AGENT != "TokenBill/0"
+
+
+async def test_a_waiting_call_that_gives_up_does_not_strand_a_connection_handed_to_it():
+    async with RawServer(ok) as server:
+        pool = Pool(asyncio.get_running_loop(), max_per_host=1)
+        async with await call(pool, server.url) as resp:  # one connection, now idle
+            await resp.read()
+        conn = pool._take(next(iter(pool.idle)))  # busy, as if another call held it
+        waiter = asyncio.create_task(call(pool, server.url))
+        await asyncio.sleep(0.05)
+        assert pool._waiters  # the call waits for the only slot
+        pool.put(conn)  # handed to the waiter ...
+        waiter.cancel()  # ... which is cancelled before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert list(pool.idle[conn.key]) == [conn]  # back in the pool, not lost with its slot
+        async with await call(pool, server.url) as resp:
+            assert await resp.read() == b'{"ok":true}'
+        pool.close()
+    assert server.connections == 1
