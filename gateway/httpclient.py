@@ -252,7 +252,7 @@ class Response:
 
     __slots__ = ("status", "headers", "keep_alive", "complete", "_conn", "_loop", "_buf", "_size", "_exc",
                  "_waiter", "_timer", "_deadline", "_read_timeout", "_last", "_got_bytes", "_until_close",
-                 "_decoder", "_interim", "_discard", "_total", "_limit")
+                 "_decoder", "_interim", "_discard", "_total", "_limit", "_slow_side")
 
     def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float, limit: int):
         self.status: int | None = None
@@ -275,6 +275,7 @@ class Response:
         self._discard = False
         self._total = 0  # decoded bytes so far
         self._limit = limit
+        self._slow_side = False
         self._timer = loop.call_at(min(self._last + read_timeout, deadline), self._on_timer)
 
     # --- the consumer's side ---------------------------------------------------------------
@@ -440,6 +441,13 @@ class Response:
         conn = self._conn
         if conn is not None and (conn.paused or _uploading(conn.transport)):
             self._last = now  # we are the slow side (reading paused, or our body still uploading)
+            self._slow_side = True
+        elif self._slow_side:
+            # Our side just stopped being slow: the silence counts from now. The kernel's send
+            # queue empties once the peer's receive buffer (megabytes on a fast link) holds the
+            # rest, before the upstream has read it: that is not the upstream's silence yet.
+            self._slow_side = False
+            self._last = now
         if now - self._last >= self._read_timeout:
             self._fail(asyncio.TimeoutError())
             return
