@@ -252,7 +252,7 @@ class Response:
 
     __slots__ = ("status", "headers", "keep_alive", "complete", "_conn", "_loop", "_buf", "_size", "_exc",
                  "_waiter", "_timer", "_deadline", "_read_timeout", "_last", "_got_bytes", "_until_close",
-                 "_decoder", "_interim", "_discard", "_total", "_limit")
+                 "_decoder", "_interim", "_discard", "_total", "_limit", "_slow_side")
 
     def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float, limit: int):
         self.status: int | None = None
@@ -275,6 +275,7 @@ class Response:
         self._discard = False
         self._total = 0  # decoded bytes so far
         self._limit = limit
+        self._slow_side = False
         self._timer = loop.call_at(min(self._last + read_timeout, deadline), self._on_timer)
 
     # --- the consumer's side ---------------------------------------------------------------
@@ -440,6 +441,13 @@ class Response:
         conn = self._conn
         if conn is not None and (conn.paused or _uploading(conn.transport)):
             self._last = now  # we are the slow side (reading paused, or our body still uploading)
+            self._slow_side = True
+        elif self._slow_side:
+            # Our side just stopped being slow: the silence counts from now. The kernel's send
+            # queue empties once the peer's receive buffer (megabytes on a fast link) holds the
+            # rest, before the upstream has read it: that is not the upstream's silence yet.
+            self._slow_side = False
+            self._last = now
         if now - self._last >= self._read_timeout:
             self._fail(asyncio.TimeoutError())
             return
@@ -697,6 +705,10 @@ class Pool:
             try:
                 async with asyncio.timeout_at(deadline):
                     conn = await waiter
+            except BaseException:  # timed out or cancelled: a connection handed over meanwhile goes back
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None and waiter.result():
+                    self.put(waiter.result())
+                raise
             finally:
                 waiters = self._waiters.get(key)
                 if waiters is not None:
@@ -827,14 +839,14 @@ class Pool:
             head += chunk
             if len(head) > MAX_HEAD_BYTES:
                 raise ProxyError("The proxy's answer to CONNECT is too long.")
-        status_line, _, rest = head.partition(b"\r\n")
+        status_line = head.partition(b"\r\n")[0]
         fields = status_line.split(None, 2)
         if len(fields) < 2 or not fields[0].startswith(b"HTTP/1.") or not fields[1].isdigit():
             raise ProxyError("The proxy's answer to CONNECT is not HTTP.")
         status = int(fields[1])
         if not 200 <= status < 300:
             raise ProxyError(f"The proxy refused the tunnel (HTTP {status}).")
-        if not rest.endswith(b"\r\n\r\n") or rest.count(b"\r\n\r\n") != 1:
+        if not head.endswith(b"\r\n\r\n") or head.count(b"\r\n\r\n") != 1:
             raise ProxyError("The proxy sent bytes before the tunnel was used.")
 
     def put(self, conn: _Conn) -> None:
@@ -886,7 +898,6 @@ async def _connect_socket(loop, family: int, sockaddr: tuple) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await loop.sock_connect(sock, sockaddr)
     except BaseException:
         sock.close()
