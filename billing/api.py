@@ -15,7 +15,7 @@ from ninja import Field, Router, Schema, Status
 
 from billing import rates
 from billing.models import LedgerEntry, LedgerKind
-from billing.money import format_credits
+from billing.money import credits_to_micros_exact, format_credits
 from routing import selectors, services
 from routing.schemas import DecimalText
 
@@ -67,12 +67,21 @@ def grant_create(request, ve_id: str, payload: GrantIn):
     """Adds credits through the ledger. 201 when posted, 200 when the idempotency key was
     already used on this VE (nothing moves; the first entry is returned)."""
     endpoint = _endpoint(request, ve_id)
-    key = payload.idempotency_key and f"api-grant:{endpoint.public_id}:{payload.idempotency_key}"
+    # An Idempotency-Key header (as Stripe takes it) works as the body's idempotency_key.
+    header = (request.headers.get("Idempotency-Key") or "").strip()
+    if len(header) > 150:
+        raise ValidationError({"idempotency_key": "The Idempotency-Key header is at most 150 characters."})
+    if header and payload.idempotency_key and header != payload.idempotency_key:
+        raise ValidationError({"idempotency_key": "The Idempotency-Key header and the body's idempotency_key differ."})
+    given = payload.idempotency_key or header
+    key = given and f"api-grant:{endpoint.public_id}:{given}"
     posted = services.grant_credits(
         virtual_endpoint=endpoint, credits=payload.credits, note=payload.note, idempotency_key=key
     )
     if posted.entry.virtual_endpoint_id != endpoint.pk:
         raise ValidationError({"idempotency_key": "Already used."})
+    if not posted.created and posted.entry.amount != credits_to_micros_exact(payload.credits):
+        raise ValidationError({"idempotency_key": "Already used for a grant of another amount."})
     endpoint.refresh_from_db()
     return Status(201 if posted.created else 200, {
         "entry": posted.entry,

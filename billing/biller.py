@@ -119,6 +119,10 @@ class RealBiller:
         if isinstance(checked, BaseException):
             if isinstance(reserved, int) and reserved > 0:
                 await self._release(ctx)
+            if isinstance(checked, (OSError, RedisError)):  # limits unknown: refuse (503), never unlimited
+                log.error("rate limiter unavailable (%s): refusing request %s", type(checked).__name__,
+                          ctx.request_id)
+                raise unavailable() from None
             raise checked
         if isinstance(reserved, BaseException):
             raise reserved

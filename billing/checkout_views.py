@@ -151,6 +151,11 @@ def checkout_pay(request: HttpRequest) -> HttpResponse:
         return _invalid_link(request)
     context = _page_context(ve, request.POST)
     selection = context["selection"]
+    named = (request.POST.get("currency") or "").strip().upper()
+    if named and named not in context["offered"]:  # never sold in another currency than the one named
+        offered = ", ".join(context["offered"]) or "none (no exchange rate is set)"
+        context["error"] = f"{named} is not offered here. Currencies offered: {offered}."
+        return render(request, "checkout/page.html", context, status=400)
     if selection.error or selection.amount_minor is None:
         context["error"] = selection.error or "Choose an amount."
         return render(request, "checkout/page.html", context, status=400)

@@ -9,6 +9,7 @@ concurrent posts on one VE serialize on the row lock instead of losing an update
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -16,6 +17,8 @@ from django.db.models import F, Sum
 
 from billing.models import LedgerEntry, LedgerKind
 from routing.models import AccessKey, VirtualEndpoint
+
+log = logging.getLogger("tokenbill.billing")
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,19 @@ def post_entry(
         if update_counters:
             _move_counters(virtual_endpoint.pk, access_key.pk if access_key else None, kind, amount)
     for listener in list(_listeners):
-        transaction.on_commit(lambda listener=listener: listener(entry))
+        transaction.on_commit(lambda listener=listener: _notify(listener, entry))
     return Posted(entry, True)
+
+
+def _notify(listener, entry: LedgerEntry) -> None:
+    """A listener runs after the entry committed: its failure must not turn a posted entry
+    into an error for the caller (who might retry and post it twice). Logged; the periodic
+    reconciliation repairs the counters it did not move."""
+    try:
+        listener(entry)
+    except Exception:
+        log.exception("ledger listener %s failed on entry %s (reconcile will repair)",
+                      getattr(listener, "__qualname__", listener), entry.pk)
 
 
 def _move_counters(ve_pk: int, key_pk: int | None, kind: str, amount: int) -> None:

@@ -23,11 +23,23 @@ from routing.snapshot import LogicalModelSnap, PhysicalModelSnap, RouteSnap
 CAPACITY_STATUSES = frozenset({429, 503, 529})
 
 
+# Path segments of a provider URL that say nothing about the account (kept in messages).
+_GENERIC_SEGMENTS = frozenset({"v1", "v1beta", "v2", "v3", "api", "openai", "deployments", "chat", "completions",
+                               "models", "embeddings", "audio", "images", "messages", "responses"})
+
+
 def scrub(message: str, target: PhysicalModelSnap) -> str:
-    """An upstream's own error text may quote what we sent it: never pass those on."""
+    """An upstream's own error text may quote what we sent it: never pass those on. No
+    part of the provider's URL reaches an API user: the key, the URL, its host, its path
+    (an account or deployment id is often there) and each non-generic path segment."""
+    from urllib.parse import urlsplit
+
     provider = target.provider
-    for secret in (provider.api_key, provider.base_url, provider.base_url.split("://", 1)[-1].split("/", 1)[0]):
-        if secret and secret in message:
+    url = urlsplit(provider.base_url or "")
+    secrets = [provider.api_key, provider.base_url, url.netloc, url.hostname or "", url.path.rstrip("/"), url.query]
+    secrets += [seg for seg in url.path.split("/") if len(seg) >= 3 and seg.lower() not in _GENERIC_SEGMENTS]
+    for secret in sorted({s for s in secrets if s and s != "/"}, key=len, reverse=True):
+        if secret in message:
             message = message.replace(secret, "***")
     return message
 
@@ -66,6 +78,9 @@ async def run(model: LogicalModelSnap, admission: Admission, outcome: Outcome, a
         try:
             result = await attempt(route, remaining)
         except UpstreamError as exc:
+            if 300 <= exc.status < 400:  # a redirect is never followed nor relayed: this route failed
+                exc = UpstreamError(502, "The upstream model answered with a redirect.", transient=True,
+                                    type="api_error", code="upstream_redirect")
             outcome.attempts.append(_attempt(route, exc.status, exc.code or exc.type, started))
             if not exc.transient:
                 await breaker.success(pm.id)

@@ -21,6 +21,7 @@ import time
 from billing.money import format_credits
 from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
 from gateway import errors, fallback, upstream
+from gateway.adapters.shapes import content_text
 from gateway.adapters.base import REGISTRY, UpstreamError, Usage
 from gateway.responses import DONE, send_assistant_message, send_json, sse_chunk, start_sse
 from routing.snapshot import RouteSnap
@@ -67,6 +68,33 @@ def estimate_usage(body: dict, output_text: str, model: str) -> Usage:
         prompt = len(json.dumps(body.get("messages") or body.get("input") or "")) // 4
         output = len(output_text) // 4
     return Usage(input_tokens=prompt, output_tokens=output, estimated=True)
+
+
+def plausible_usage(usage: Usage | None, body: dict, output_text: str, model: str) -> Usage:
+    """What a completed answer is charged: the upstream's usage, unless it is unknown or
+    says no output for an answer with content (0/0, a total only): then the estimate,
+    flagged (never less input than the upstream reported). An answer that produced nothing
+    keeps what the upstream said (an in-stream error or a refusal before output: free)."""
+    if usage is not None and (usage.output_tokens > 0 or not output_text):
+        return usage
+    estimate = estimate_usage(body, output_text, model)
+    if usage is not None:
+        estimate.input_tokens = max(estimate.input_tokens, usage.input_tokens)
+    return estimate
+
+
+def _stream_usage(ctx: CallContext, dec) -> Usage:
+    """A stream's usage, defensively: a decoder that cannot give it (a tokenizer error, a
+    content part it did not expect) still leaves an estimate, never an unsettled call."""
+    try:
+        return plausible_usage(dec.usage, ctx.body, dec.text, dec.target.upstream_model)
+    except Exception:
+        log.exception("request %s: stream usage unreadable; estimated from the prompt", ctx.request_id)
+        try:
+            text = "".join(p for p in dec.text_parts if isinstance(p, str))
+        except Exception:
+            text = ""
+        return estimate_usage(ctx.body, text, getattr(dec.target, "upstream_model", ""))
 
 
 def upstream_body(body: dict, route: RouteSnap, admission: Admission) -> dict:
@@ -182,9 +210,8 @@ def _unary_attempt(ctx: CallContext, admission: Admission):
             payload, usage = adapter.embeddings_response(pm, payload)
         else:
             payload, usage = adapter.chat_response(pm, payload)
-        if usage is None:
-            text = "" if embeddings else _answer_text(payload)
-            usage = estimate_usage(ctx.body, text, pm.upstream_model)
+        if usage is None or not embeddings:
+            usage = plausible_usage(usage, ctx.body, "" if embeddings else _answer_text(payload), pm.upstream_model)
         return payload, usage
 
     return attempt
@@ -193,9 +220,7 @@ def _unary_attempt(ctx: CallContext, admission: Admission):
 def _answer_text(payload: dict) -> str:
     parts = []
     for choice in payload.get("choices") or ():
-        content = (choice.get("message") or {}).get("content")
-        if isinstance(content, str):
-            parts.append(content)
+        parts.append(content_text((choice.get("message") or {}).get("content")))
     return "".join(parts)
 
 
@@ -253,15 +278,17 @@ async def stream(ctx: CallContext, receive, send, *, deadline: float) -> None:
         if settled:
             return settled[0]
         settled.append(None)
-        if opened is not None:
-            dec = opened.decoder
-            if dec.done and not outcome.client_disconnected:
-                opened.resp.release()  # the end was seen: its last bytes may keep the connection
-            else:
-                opened.resp.close()  # cut short: closing tells the upstream to stop generating
-            # A cut stream (client gone, upstream failed) is charged for what was generated.
-            outcome.usage = dec.usage or estimate_usage(ctx.body, dec.text, dec.target.upstream_model)
-        settled[0] = await settle(ctx, admission, outcome)
+        try:
+            if opened is not None:
+                dec = opened.decoder
+                # A cut stream (client gone, upstream failed) is charged for what was generated.
+                outcome.usage = _stream_usage(ctx, dec)
+                if dec.done and not outcome.client_disconnected:
+                    opened.resp.release()  # the end was seen: its last bytes may keep the connection
+                else:
+                    opened.resp.close()  # cut short: closing tells the upstream to stop generating
+        finally:  # whatever failed above, the hold is settled (never left to the sweep)
+            settled[0] = await settle(ctx, admission, outcome)
         return settled[0]
 
     # Watched from the start: a client that leaves while the upstream is still thinking

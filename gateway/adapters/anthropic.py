@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from gateway.adapters import shapes
+from gateway.adapters.usage import count, read_usage
 from gateway.adapters.base import (
     TRANSIENT_STATUSES,
     Adapter,
@@ -200,14 +201,18 @@ def image_block(url: str) -> dict:
 # --- response -----------------------------------------------------------------------------
 
 
-def usage_from(raw: dict | None, into: Usage | None = None) -> Usage:
-    """Latest value of each field wins (Anthropic's stream usage is cumulative)."""
-    usage = into or Usage()
+def usage_from(raw: dict | None, into: Usage | None = None) -> Usage | None:
+    """Latest value of each field wins (Anthropic's stream usage is cumulative); None while
+    no block said anything (unknown: the gateway estimates)."""
+    read = read_usage(raw, "anthropic")
+    if read is None:
+        return into
+    if into is None:
+        return read[0]
     for src, dst in USAGE_FIELDS.items():
-        value = (raw or {}).get(src)
-        if isinstance(value, int):
-            setattr(usage, dst, value)
-    return usage
+        if count(raw.get(src)) is not None:
+            setattr(into, dst, getattr(read[0], dst))
+    return into
 
 
 def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
@@ -228,7 +233,7 @@ def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, 
     choice = {"index": 0, "message": message, "logprobs": None,
               "finish_reason": FINISH_REASONS.get(payload.get("stop_reason"), "stop")}
     body = shapes.completion(id=_chat_id(payload.get("id")), model=payload.get("model") or target.upstream_model,
-                             choices=[choice], usage=shapes.openai_usage(usage))
+                             choices=[choice], usage=shapes.openai_usage(usage or Usage()))
     return body, usage
 
 

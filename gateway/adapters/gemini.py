@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from urllib.parse import quote
 
 from gateway.adapters import gemini_images, shapes
+from gateway.adapters.usage import read_usage
 from gateway.adapters.base import (
     TRANSIENT_STATUSES,
     Adapter,
@@ -258,15 +259,9 @@ def function_response(message: dict, call_names: dict[str, str]) -> dict:
 # --- response -----------------------------------------------------------------------------
 
 
-def usage_from(meta: dict | None) -> tuple[Usage, int]:
-    """(Usage, thinking tokens) from usageMetadata."""
-    meta = meta or {}
-    prompt = _int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount"))
-    cached = _int(meta.get("cachedContentTokenCount"))
-    thoughts = _int(meta.get("thoughtsTokenCount"))
-    usage = Usage(input_tokens=max(prompt - cached, 0), cached_input_tokens=cached,
-                  output_tokens=_int(meta.get("candidatesTokenCount")) + thoughts)
-    return usage, thoughts
+def usage_from(meta: dict | None) -> tuple[Usage | None, int]:
+    """(Usage, thinking tokens) from usageMetadata; (None, 0) when it says nothing (unknown)."""
+    return read_usage(meta, "gemini") or (None, 0)
 
 
 def _int(value) -> int:
@@ -284,7 +279,7 @@ def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, 
     choices = [translate_candidate(c, i) for i, c in enumerate(candidates)]
     usage, thoughts = usage_from(payload.get("usageMetadata"))
     body = shapes.completion(id=_chat_id(payload), model=payload.get("modelVersion") or target.upstream_model,
-                             choices=choices, usage=shapes.openai_usage(usage, thoughts))
+                             choices=choices, usage=shapes.openai_usage(usage or Usage(), thoughts))
     return body, usage
 
 
@@ -353,7 +348,9 @@ class GeminiStreamDecoder(shapes.TranslatingDecoder):
             self.id = f"chatcmpl-{data['responseId']}"
         self.model = data.get("modelVersion") or self.model
         if data.get("usageMetadata"):
-            self.reported, self.reasoning_tokens = usage_from(data["usageMetadata"])
+            reported, thoughts = usage_from(data["usageMetadata"])
+            if reported is not None:
+                self.reported, self.reasoning_tokens = reported, thoughts
         out = []
         for position, candidate in enumerate(data.get("candidates") or ()):
             out += self._candidate(candidate, position)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from gateway.adapters import shapes
+from gateway.adapters.usage import read_usage
 from gateway.adapters.base import (
     TRANSIENT_STATUSES,
     Adapter,
@@ -31,14 +33,8 @@ def malformed(what: str) -> UpstreamError:
 
 
 def usage_from_openai(raw) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    prompt = int(raw.get("prompt_tokens") or 0)
-    details = raw.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    cached = min(cached, prompt)
-    return Usage(input_tokens=prompt - cached, cached_input_tokens=cached,
-                 output_tokens=int(raw.get("completion_tokens") or 0))
+    read = read_usage(raw, "openai")  # the one reader (gateway/adapters/usage.py); None = unknown
+    return read[0] if read else None
 
 
 def retry_after_from(headers) -> float | None:
@@ -92,7 +88,7 @@ class OpenAIStreamDecoder(StreamDecoder):
         choices = chunk.get("choices")
         if choices:
             for choice in choices:
-                content = (choice.get("delta") or {}).get("content")
+                content = shapes.content_text((choice.get("delta") or {}).get("content"))
                 if content:
                     self.text_parts.append(content)
         raw_usage = chunk.get("usage")

@@ -23,6 +23,16 @@ def new_id(prefix: str = "chatcmpl-") -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
+def content_text(content) -> str:
+    """The text of a message's or delta's content: a string, or a list of parts (some
+    OpenAI-compatible servers send [{"type": "text", "text": ...}]); anything else: ""."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
 def openai_usage(usage: Usage, reasoning_tokens: int | None = None) -> dict:
     """OpenAI's usage object: prompt_tokens includes cached reads (and, here, cache writes)."""
     prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_creation_tokens

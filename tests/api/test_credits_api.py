@@ -1,3 +1,4 @@
+import json
 from decimal import Decimal
 
 from billing.ledger import ledger_sums
@@ -112,3 +113,22 @@ def test_grants_cannot_overflow_the_budget_counter(api, org):
     assert response.status_code == 400, response.content
     assert "credits" in response.json()["errors"]
     assert not LedgerEntry.objects.filter(virtual_endpoint=ve).exists()
+
+
+def test_grant_with_an_idempotency_key_header_posts_once_and_replays_the_first_result(api, org):
+    # issue 15: a client that retries a grant (e.g. after a 500) must not double it
+    ve = factories.make_ve(org)
+    path = f"/api/v1/virtual-endpoints/{ve.public_id}/grants"
+
+    def post(credits, key):
+        return api.client.post(path, data=json.dumps({"credits": credits}), content_type="application/json",
+                               HTTP_IDEMPOTENCY_KEY=key, **api.headers)
+
+    first, replay = post("5", "retry-1"), post("5", "retry-1")
+    assert (first.status_code, replay.status_code) == (201, 200)
+    assert replay.json()["entry"] == first.json()["entry"] and replay.json()["balance"] == "5"
+    assert LedgerEntry.objects.filter(virtual_endpoint=ve).count() == 1
+    # the same key for another amount is refused, in the documented error shape
+    other = post("7", "retry-1")
+    assert other.status_code == 400 and "idempotency_key" in other.content.decode()
+    assert ledger_sums(ve.pk)[0] == 5_000_000

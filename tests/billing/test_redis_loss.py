@@ -208,3 +208,45 @@ def test_reconcile_records_spend_above_budget_and_suspends_the_ve(own_redis):
     world.ve.refresh_from_db()
     assert world.ve.status == "suspended"
     assert world.snap()[0].status == "suspended"
+
+
+async def test_a_rate_limited_ve_gets_503_when_redis_is_down(own_redis):
+    from billing.ratelimit import RedisLimiter
+    from gateway.errors import GatewayError
+
+    # given a VE with rate limits, on a Redis budget and limiter
+    world = await sync_to_async(make_world)(credits="1000", ve_kw={"requests_per_minute": 100})
+    budget = RedisBudget(own_redis.url, "t15:")
+    biller = RealBiller(budget=budget, limiter=RedisLimiter(own_redis.url, "t15:"),
+                        writer=RedisLogSpool(budget._fast, budget._sync, budget.p), rates=RateBook())
+    assert await _call(biller, world)
+    # when Redis goes away
+    own_redis.stop()
+    try:
+        ctx = await sync_to_async(world.ctx)()
+        # then the call is refused as the spec says (503 billing_unavailable), never a 500
+        with pytest.raises(GatewayError) as refused:
+            await biller.admit(ctx)
+        assert (refused.value.status, refused.value.code) == (503, "billing_unavailable")
+    finally:
+        own_redis.start()
+
+
+def test_a_failing_ledger_listener_does_not_fail_the_posted_grant(transactional_db, caplog):
+    from billing import ledger
+
+    # given a listener that fails (as grant_applied does when Redis is away)
+    def broken(entry):
+        raise ConnectionError("redis away")
+
+    world = make_world(credits="10")
+    ledger.on_posted(broken)
+    try:
+        # when a grant is posted, then the caller sees it posted (no exception to retry on) ...
+        posted = ledger.post_entry(virtual_endpoint=world.ve, kind="grant", amount=7_000_000,
+                                   idempotency_key="grant-listener-1")
+    finally:
+        ledger._listeners.remove(broken)
+    assert posted.created and LedgerEntry.objects.filter(idempotency_key="grant-listener-1").exists()
+    # ... and the failure is in the log
+    assert "ledger listener" in caplog.text and "failed" in caplog.text

@@ -218,3 +218,12 @@ def test_payer_back_from_stripe_sees_the_credit_even_before_the_webhook(stripe_o
 
     client.get(f"/checkout/success?ref={payments.payment_ref(other.pk)}&session_id=cs_forged")
     assert len(stripe_on.requests) == calls
+
+
+@pytest.mark.parametrize("currency", ["EUR", "XYZ"])
+def test_pay_in_a_currency_not_offered_is_refused_and_says_which_are(stripe_on, ve, currency):
+    # issue 15: it used to open a Stripe session in the first offered currency
+    response = Client().post("/checkout/pay", _form(ve, amount="custom", custom_amount="25", currency=currency))
+    assert response.status_code == 400
+    assert f"{currency} is not offered here. Currencies offered: USD." in response.content.decode()
+    assert not Payment.objects.exists() and not stripe_on.sessions
