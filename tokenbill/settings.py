@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from tokenbill.env import env, envbool, envfloat, envint, envlist
 
@@ -106,6 +107,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, channels -------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")
+if REDIS_URL:
+    from tokenbill import redisconf
+
+    try:
+        # Read once, as redis-py reads it; a form we do not support (Sentinel, Cluster, a
+        # typo'd scheme) stops start-up here instead of failing every call later.
+        REDIS_OPTIONS = redisconf.parse(REDIS_URL)
+    except redisconf.RedisURLError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
 # Every Redis key TokenBill writes starts with this, so several deployments (or test runs)
 # can share one server.
 REDIS_PREFIX = env("REDIS_PREFIX", "tb:")
@@ -133,7 +143,12 @@ else:
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Celery -----------------------------------------------------------------------------
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "")
+CELERY_BROKER_USE_SSL = None
+if REDIS_URL and not CELERY_BROKER_URL:
+    # kombu would take rediss:// as "TLS, certificate not checked" and unix:// not at all.
+    CELERY_BROKER_URL, CELERY_BROKER_USE_SSL = redisconf.celery_broker(REDIS_URL, REDIS_OPTIONS)
+CELERY_BROKER_URL = CELERY_BROKER_URL or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {}
     if REDIS_URL or env("CELERY_BROKER_URL")
