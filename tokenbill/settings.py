@@ -148,7 +148,8 @@ CELERY_BROKER_USE_SSL = None
 if REDIS_URL and not CELERY_BROKER_URL:
     # kombu would take rediss:// as "TLS, certificate not checked" and unix:// not at all.
     CELERY_BROKER_URL, CELERY_BROKER_USE_SSL = redisconf.celery_broker(REDIS_URL, REDIS_OPTIONS)
-CELERY_BROKER_URL = CELERY_BROKER_URL or "filesystem://"
+# Embedded default: kombu's filesystem transport with atomic writes (tokenbill/kombu_fs.py).
+CELERY_BROKER_URL = CELERY_BROKER_URL or "tbfilesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {}
     if REDIS_URL or env("CELERY_BROKER_URL")
