@@ -87,7 +87,7 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'tokenbill.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 0))}
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
@@ -103,6 +103,15 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", str(DATA_DIR / f"test-{os.getpid()}.sqlite3"))}
 else:
     _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", f"test_tokenbill_{os.getpid()}")}
+    _db.setdefault("OPTIONS", {})["application_name"] = env("DB_APPLICATION_NAME", "tokenbill")
+    if envbool("DB_POOL", True):
+        # Under ASGI, Django runs sync code on a thread pool and keeps one persistent
+        # connection per thread: with CONN_MAX_AGE > 0 every thread that ever served a
+        # request held a connection (issue 17: "too many clients"). psycopg's pool bounds
+        # them per process: a request borrows one and gives it back when it ends.
+        _db["CONN_MAX_AGE"] = 0
+        _db["OPTIONS"]["pool"] = {"min_size": envint("DB_POOL_MIN_SIZE", 1), "max_size": envint("DB_POOL_MAX_SIZE", 8),
+                                  "timeout": envfloat("DB_POOL_TIMEOUT", 10.0)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, channels -------------------------------------------------------------
