@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from urllib.parse import unquote, urlparse
-
 from redis.exceptions import ResponseError
 
 
@@ -166,12 +164,18 @@ class FastRedis:
     """Pipelined EVALSHA over one connection; belongs to the event loop that created it."""
 
     def __init__(self, url: str, timeout: float = 10.0):
-        u = urlparse(url)
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 6379
-        self.password = unquote(u.password) if u.password else None
-        self.username = unquote(u.username) if u.username else None
-        self.db = int((u.path or "/0").lstrip("/") or 0)
+        from tokenbill import redisconf
+
+        # The same reading of REDIS_URL as redis-py's (tokenbill/redisconf.py): TLS with the
+        # certificate verified for rediss://, a socket path for unix://, ACL user, db.
+        opts = redisconf.parse(url)
+        self.path = opts.get("path") if opts["scheme"] == "unix" else None
+        self.host = opts.get("host") or "localhost"
+        self.port = opts.get("port") or 6379
+        self.ssl = redisconf.ssl_context(opts) if opts["scheme"] == "rediss" else None
+        self.password = opts.get("password")
+        self.username = opts.get("username")
+        self.db = opts.get("db") or 0
         self.timeout = timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
@@ -191,8 +195,12 @@ class FastRedis:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        _, proto = await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), self.host, self.port),
-                                          self.timeout)
+        if self.path:
+            opening = loop.create_unix_connection(lambda: _Protocol(self), self.path)
+        else:
+            opening = loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self.ssl,
+                                             server_hostname=self.host if self.ssl else None)
+        _, proto = await asyncio.wait_for(opening, self.timeout)
         try:
             if self.password:
                 auth = [b"AUTH", self.username, self.password] if self.username else [b"AUTH", self.password]
@@ -202,12 +210,19 @@ class FastRedis:
         except BaseException:
             proto.fail(ConnectionError("Redis handshake failed"))
             raise
+        if proto.lost:  # lost right after the handshake's last reply
+            raise ConnectionError("Redis connection lost during the handshake")
         self._proto = proto
         return proto
 
     def _send(self, proto: _Protocol, args) -> asyncio.Future:
         loop = proto.loop
         fut = loop.create_future()
+        if proto.lost:
+            # Lost between the caller's _connection() and now: fail() has already run, so
+            # nothing would ever answer a future queued here.
+            fut.set_exception(ConnectionError("Redis connection lost"))
+            return fut
         proto.waiting.append(fut)
         proto.sent.append(loop.time())
         # Commands issued in one turn of the loop leave in one write (one syscall) at its
@@ -226,6 +241,9 @@ class FastRedis:
         written yet (replies come in the order the commands were sent)."""
         loop = proto.loop
         fut = loop.create_future()
+        if proto.lost:
+            fut.set_exception(ConnectionError("Redis connection lost"))
+            return fut
         proto.waiting.append(fut)
         proto.sent.append(loop.time())
         if proto.out:
@@ -278,7 +296,11 @@ def _watch(proto: _Protocol, timeout: float) -> None:
     """Once a second while calls are pending: the oldest one waiting longer than `timeout`
     fails the connection (one timer per connection, not one per call)."""
     proto.watchdog = None
-    if proto.lost or not proto.sent:
+    if proto.lost:
+        if proto.waiting:  # a future queued after fail() ran: fail it too, never leave it waiting
+            proto.fail(ConnectionError("Redis connection lost"))
+        return
+    if not proto.sent:
         return
     if proto.loop.time() - proto.sent[0] > timeout:
         proto.fail(ConnectionError("Redis did not answer in time"))

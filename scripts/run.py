@@ -9,8 +9,10 @@ Steps: migrate, demo_setup, then start three helper processes and supervise them
 
 When the ports answer it prints the URLs, the demo login and a curl line. Ctrl-C or
 SIGTERM stops everything: each child runs in its own process group, and the whole group
-is terminated (then killed after a grace period), so nothing is left behind. If any
-child dies, the others are stopped too and the exit status is non-zero.
+is terminated (then killed after a grace period), so nothing is left behind. A helper
+that exits (the Celery worker, the fake upstream) is logged and restarted with back-off
+(1 s doubling to 30 s, back to 1 s after a minute up); it never takes the gateway down.
+Only the web server exiting stops everything (non-zero exit status).
 
 Environment: PORT (8000), HOST (127.0.0.1), FAKE_UPSTREAM_PORT (8001), DEBUG (1 here),
 plus everything tokenbill/settings.py reads (see README).
@@ -29,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 GRACE_SECONDS = 10.0
+RESTART_FIRST, RESTART_MAX, RESTART_RESET_AFTER = 1.0, 30.0, 60.0
+ESSENTIAL = "web"  # the gateway itself; every other child is a helper, restarted
 
 
 def main() -> int:
@@ -108,12 +112,18 @@ def _banner(port: int, demo: str) -> None:
 class Supervisor:
     def __init__(self) -> None:
         self.children: dict[str, subprocess.Popen] = {}
+        self.specs: dict[str, tuple[list[str], dict]] = {}
+        self.started_at: dict[str, float] = {}
+        self.backoff: dict[str, float] = {}
+        self.restart_at: dict[str, float] = {}  # helpers waiting out their back-off
         self.stopping = False
 
     def start(self, name: str, argv: list[str], env: dict) -> None:
         # start_new_session: the child leads its own process group, so stop_all() can end
         # it and everything it forked (uvicorn reloaders, celery's beat) with one killpg.
+        self.specs[name] = (argv, env)
         self.children[name] = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
+        self.started_at[name] = time.monotonic()
 
     def on_signal(self, signum, frame) -> None:
         self.stopping = True
@@ -132,13 +142,34 @@ class Supervisor:
 
     def watch(self) -> int:
         while not self.stopping:
-            dead = self._dead()
-            if dead:
-                print(f"run: {dead} exited; stopping the others", file=sys.stderr)
-                return 1
+            for name in self._exited():
+                if name == ESSENTIAL:
+                    print(f"run: {name} exited; stopping the others", file=sys.stderr)
+                    return 1
+                self._schedule_restart(name)
+            now = time.monotonic()
+            for name, when in list(self.restart_at.items()):
+                if now >= when:
+                    del self.restart_at[name]
+                    print(f"run: restarting {name}", file=sys.stderr, flush=True)
+                    self.start(name, *self.specs[name])
             time.sleep(0.3)
         print("\nrun: stopping…", flush=True)
         return 0
+
+    def _schedule_restart(self, name: str) -> None:
+        proc = self.children[name]
+        _signal_group(proc, signal.SIGKILL)  # what it forked (beat) goes with it
+        up = time.monotonic() - self.started_at[name]
+        delay = RESTART_FIRST if up > RESTART_RESET_AFTER else self.backoff.get(name, RESTART_FIRST)
+        self.backoff[name] = min(delay * 2, RESTART_MAX)
+        self.restart_at[name] = time.monotonic() + delay
+        print(f"run: {name} exited with status {proc.returncode} after {up:.0f}s; restarting it in {delay:.0f}s"
+              " (the gateway keeps serving)", file=sys.stderr, flush=True)
+
+    def _exited(self) -> list[str]:
+        return [name for name, proc in self.children.items()
+                if name not in self.restart_at and proc.poll() is not None]
 
     def _dead(self) -> str | None:
         return next((name for name, proc in self.children.items() if proc.poll() is not None), None)

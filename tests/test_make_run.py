@@ -119,6 +119,72 @@ def test_make_run_serves_the_demo_and_stops_cleanly(tmp_path):
     assert "Hello, TokenBill!" in (tmp_path / "answer.json").read_text()
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _celery_leader(run_pid: int) -> int | None:
+    """The Celery worker scripts/run.py started (its own process group's leader)."""
+    return next((pid for pid in _descendants(run_pid)
+                 if "celery" in _cmdline(pid) and "worker" in _cmdline(pid) and os.getpgid(pid) == pid
+                 and _alive(pid)), None)
+
+
+def _wait(condition, timeout: float, what: str, output: OutputReader):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout}s; output:\n" + output.tail())
+
+
+def test_a_killed_worker_is_restarted_and_the_gateway_keeps_answering(tmp_path):
+    # given `make run` on the embedded default
+    port, upstream_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
+                                                            "DJANGO_SETTINGS_MODULE", "PUBLIC_BASE_URL"}}
+    env.update(PORT=str(port), FAKE_UPSTREAM_PORT=str(upstream_port), TOKENBILL_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "scripts/run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = OutputReader(proc)
+        curl = output.wait_for(proc, "curl ", START_TIMEOUT)
+        worker = _wait(lambda: _celery_leader(proc.pid), 30, "no celery worker", output)
+        # when the worker dies (as it did on an unreadable message)
+        os.killpg(worker, signal.SIGKILL)
+        output.wait_for(proc, "run: celery exited", 30)
+        # then the gateway still answers the demo call
+        call = subprocess.run([*shlex.split(curl), "-sS", "-o", str(tmp_path / "answer.json"), "-w", "%{http_code}"],
+                              capture_output=True, text=True, timeout=30)
+        assert call.stdout == "200", (call.stdout, call.stderr)
+        # and a new worker comes up
+        output.wait_for(proc, "run: restarting celery", 30)
+        restarted = _wait(lambda: _celery_leader(proc.pid), 30, "no restarted celery worker", output)
+        assert restarted != worker and proc.poll() is None
+        # and drains what was queued for it (tasks sent through the embedded broker)
+        sender = subprocess.run(
+            [sys.executable, "-c", "from tokenbill.celery import app\n"
+             "for _ in range(20): app.send_task('billing.flush_request_logs')"],
+            cwd=ROOT, env={**env, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "tokenbill.settings"},
+            capture_output=True, text=True, timeout=60)
+        assert sender.returncode == 0, sender.stderr
+        queue = tmp_path / "celery" / "queue"
+        _wait(lambda: not any(p.suffix == ".msg" for p in queue.iterdir()), 90, "queue not drained", output)
+        assert _alive(restarted)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output.tail()
+
+
 def test_make_run_target_runs_the_supervisor():
     result = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True)
     assert "scripts/run.py" in result.stdout

@@ -84,7 +84,7 @@ def test_embedded_default_and_production_shape_from_env(tmp_path):
         "settings.DATABASES['default']['ENGINE'], settings.CACHES['default']['BACKEND'], settings.CELERY_BROKER_URL")
     # then
     assert embedded.returncode == 0, embedded.stderr
-    assert "sqlite3" in embedded.stdout and "LocMemCache" in embedded.stdout and "filesystem://" in embedded.stdout
+    assert "sqlite3" in embedded.stdout and "LocMemCache" in embedded.stdout and "tbfilesystem://" in embedded.stdout
     assert production.returncode == 0, production.stderr
     assert "postgresql" in production.stdout and "RedisCache" in production.stdout
     assert "redis://r:6379/0" in production.stdout

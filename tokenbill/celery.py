@@ -3,6 +3,8 @@ import os
 from celery import Celery
 from celery.signals import beat_init, worker_init
 
+from tokenbill import kombu_fs  # noqa: F401  (registers the embedded broker's tbfilesystem://)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenbill.settings")
 
 app = Celery("tokenbill")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from tokenbill.env import env, envbool, envfloat, envint, envlist
 
@@ -86,7 +87,7 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'tokenbill.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 0))}
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
@@ -102,10 +103,28 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", str(DATA_DIR / f"test-{os.getpid()}.sqlite3"))}
 else:
     _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", f"test_tokenbill_{os.getpid()}")}
+    _db.setdefault("OPTIONS", {})["application_name"] = env("DB_APPLICATION_NAME", "tokenbill")
+    if envbool("DB_POOL", True):
+        # Under ASGI, Django runs sync code on a thread pool and keeps one persistent
+        # connection per thread: with CONN_MAX_AGE > 0 every thread that ever served a
+        # request held a connection (issue 17: "too many clients"). psycopg's pool bounds
+        # them per process: a request borrows one and gives it back when it ends.
+        _db["CONN_MAX_AGE"] = 0
+        _db["OPTIONS"]["pool"] = {"min_size": envint("DB_POOL_MIN_SIZE", 1), "max_size": envint("DB_POOL_MAX_SIZE", 8),
+                                  "timeout": envfloat("DB_POOL_TIMEOUT", 10.0)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, channels -------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", "")
+if REDIS_URL:
+    from tokenbill import redisconf
+
+    try:
+        # Read once, as redis-py reads it; a form we do not support (Sentinel, Cluster, a
+        # typo'd scheme) stops start-up here instead of failing every call later.
+        REDIS_OPTIONS = redisconf.parse(REDIS_URL)
+    except redisconf.RedisURLError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
 # Every Redis key TokenBill writes starts with this, so several deployments (or test runs)
 # can share one server.
 REDIS_PREFIX = env("REDIS_PREFIX", "tb:")
@@ -133,7 +152,13 @@ else:
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Celery -----------------------------------------------------------------------------
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "")
+CELERY_BROKER_USE_SSL = None
+if REDIS_URL and not CELERY_BROKER_URL:
+    # kombu would take rediss:// as "TLS, certificate not checked" and unix:// not at all.
+    CELERY_BROKER_URL, CELERY_BROKER_USE_SSL = redisconf.celery_broker(REDIS_URL, REDIS_OPTIONS)
+# Embedded default: kombu's filesystem transport with atomic writes (tokenbill/kombu_fs.py).
+CELERY_BROKER_URL = CELERY_BROKER_URL or "tbfilesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {}
     if REDIS_URL or env("CELERY_BROKER_URL")
