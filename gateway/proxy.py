@@ -19,7 +19,7 @@ import logging
 import time
 
 from billing.money import format_credits
-from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
+from billing.gate import CHAT_ENDPOINTS, Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
 from gateway import errors, fallback, upstream
 from gateway.adapters.base import REGISTRY, UpstreamError, Usage
 from gateway.responses import DONE, send_assistant_message, send_json, sse_chunk, start_sse
@@ -103,7 +103,7 @@ async def admit(ctx: CallContext, send) -> Admission | None:
         await biller.record(ctx, Outcome(route=None, status="budget_exhausted", http_status=429,
                                          error_code="budget_exhausted"))
         text = f"Your Credit balance is insufficient. Please top up: {exc.checkout_url}"
-        if exc.mode == "message" and ctx.endpoint == "chat.completions":
+        if exc.mode == "message" and ctx.endpoint in CHAT_ENDPOINTS:
             await send_assistant_message(send, request_id=ctx.request_id, model=ctx.requested_model,
                                          text=getattr(exc, "message", None) or text, stream=ctx.stream)
             return None

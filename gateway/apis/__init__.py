@@ -1,0 +1,50 @@
+"""Inbound APIs other than Chat Completions, served as a translation layer over it.
+
+Each module converts its request to the gateway's internal form (an OpenAI chat body),
+runs the same metered path as /v1/chat/completions (admission, routing with fallback,
+the adapters, settle, ledger), and converts what that path sends back: a JSON answer, an
+SSE stream of chat chunks, or an error, into its own wire format. Nothing upstream-facing
+is duplicated: only the send() the chat path writes to is wrapped.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway import auth, errors
+from gateway.apis import messages
+from gateway.responses import send_json
+
+ROUTES = {("POST", "/v1/messages"): "messages", ("POST", "/v1/messages/count_tokens"): "count_tokens"}
+KINDS = frozenset(ROUTES.values())
+_ERROR_BODIES = {"messages": messages.error_body, "count_tokens": messages.error_body}
+
+
+async def handle(app, route, snapshot, ve, key, req, receive, send) -> None:
+    from gateway.app import _read_json
+
+    body = await _read_json(receive, req)
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise errors.bad_request("model: field required", param="model")
+    if route == "count_tokens":
+        auth.resolve_model(snapshot, ve, key, name)
+        answer = json.dumps(messages.count_tokens(body)).encode()
+        await send_json(send, 200, answer, req.request_id)
+        return
+    chat = messages.to_chat(body)
+    await app._metered("chat", snapshot, ve, key, chat, req, receive, messages.wrap_send(send, name),
+                       endpoint=messages.ENDPOINT)
+
+
+async def send_error(send, exc: errors.GatewayError, req, route) -> None:
+    """An error in the inbound API's own shape (the route says which); else OpenAI's."""
+    render = _ERROR_BODIES.get(route)
+    if render is None and route == "models" and req.anthropic_version:
+        render = messages.error_body
+    body = render(exc) if render is not None else exc.body()
+    await send_json(send, exc.status, body, req.request_id, exc.headers)
+
+
+async def send_models(send, names: list[str], req) -> None:
+    await send_json(send, 200, json.dumps(messages.models_list(names)).encode(), req.request_id)
