@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 
 from gateway import auth, errors
-from gateway.apis import messages
+from gateway.apis import messages, responses
 from gateway.responses import send_json
 
-ROUTES = {("POST", "/v1/messages"): "messages", ("POST", "/v1/messages/count_tokens"): "count_tokens"}
+ROUTES = {("POST", "/v1/messages"): "messages", ("POST", "/v1/messages/count_tokens"): "count_tokens",
+          ("POST", "/v1/responses"): "responses"}
 KINDS = frozenset(ROUTES.values())
 _ERROR_BODIES = {"messages": messages.error_body, "count_tokens": messages.error_body}
 
@@ -32,9 +33,17 @@ async def handle(app, route, snapshot, ve, key, req, receive, send) -> None:
         answer = json.dumps(messages.count_tokens(body)).encode()
         await send_json(send, 200, answer, req.request_id)
         return
-    chat = messages.to_chat(body)
-    await app._metered("chat", snapshot, ve, key, chat, req, receive, messages.wrap_send(send, name),
-                       endpoint=messages.ENDPOINT)
+    if not req.run_id:  # the format's metadata may name the run (X-TokenBill-Run-Id wins)
+        from gateway.app import _metadata_run_id
+
+        req.run_id = _metadata_run_id(body)
+    if route == "responses":
+        chat = responses.to_chat(body)
+        wrapped, endpoint = responses.wrap_send(send, name, body), responses.ENDPOINT
+    else:
+        chat = messages.to_chat(body)
+        wrapped, endpoint = messages.wrap_send(send, name), messages.ENDPOINT
+    await app._metered("chat", snapshot, ve, key, chat, req, receive, wrapped, endpoint=endpoint)
 
 
 async def send_error(send, exc: errors.GatewayError, req, route) -> None:

@@ -1,6 +1,7 @@
-"""Billing of /v1/messages (Anthropic's Messages API) through the running gateway, with the
-official anthropic SDK: the same charge and ledger as the same call made as Chat
-Completions, and budget exhaustion in Anthropic's error shape or as an Anthropic message."""
+"""Billing of /v1/messages (Anthropic's Messages API, with the official anthropic SDK) and
+/v1/responses (OpenAI's Responses API, with the openai SDK) through the running gateway:
+the same charge and ledger as the same call made as Chat Completions, and budget
+exhaustion in each API's own error shape or as an answer in its format."""
 
 from __future__ import annotations
 
@@ -81,6 +82,51 @@ def test_budget_exhausted_message_mode(live_gateway, real_biller, upstream, stre
         msg = client.messages.create(**args)
         assert msg.type == "message" and msg.usage.output_tokens == 0
         text = msg.content[0].text
+    assert "run out of credits" in text and f"/checkout?ve_id={world.ve.public_id}" in text
+    assert len(upstream.requests) == 0
+    assert not LedgerEntry.objects.filter(kind="charge").exists()
+
+
+# --- /v1/responses (OpenAI's Responses API), with the openai SDK -------------------------------
+def oai(live_gateway, world, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_gateway.url}/{world.ve.public_id}/v1", api_key=world.secret,
+                         timeout=30, **kw)
+
+
+def test_responses_same_charge_as_chat(live_gateway, real_biller, upstream):
+    world = world_for(upstream, credits="1000")
+    sdk = oai(live_gateway, world, max_retries=0)
+    raw = sdk.responses.with_raw_response.create(model="chat", input="What is the price of tea", max_output_tokens=40)
+    resp = raw.parse()
+    chat_raw = sdk.chat.completions.with_raw_response.create(
+        model="chat", max_tokens=40, messages=[{"role": "user", "content": "What is the price of tea"}])
+    assert resp.usage.output_tokens == chat_raw.parse().usage.completion_tokens
+    assert raw.headers["x-tokenbill-charge"] == chat_raw.headers["x-tokenbill-charge"]
+    real_biller.flush_sync()
+    assert [r.endpoint for r in RequestLog.objects.order_by("started_at")] == ["responses", "chat.completions"]
+    assert LedgerEntry.objects.filter(kind="charge").count() == 2
+
+
+def test_responses_budget_exhausted_error_mode(live_gateway, real_biller, upstream):
+    world = world_for(upstream, credits="1")
+    with pytest.raises(openai.RateLimitError) as raised:
+        oai(live_gateway, world).responses.create(model="chat", input="hi")  # SDK retries left ON
+    error = raised.value
+    assert error.code == "budget_exhausted"
+    assert error.body["checkout_url"].startswith(f"{settings.PUBLIC_BASE_URL}/checkout?ve_id={world.ve.public_id}")
+    assert error.response.headers["x-should-retry"] == "false"
+    assert len(upstream.requests) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_budget_exhausted_message_mode(live_gateway, real_biller, upstream, stream):
+    world = world_for(upstream, credits="1", ve_kw={"exhaustion_mode": "message"})
+    sdk = oai(live_gateway, world, max_retries=0)
+    if stream:
+        with sdk.responses.stream(model="chat", input="hi") as s:
+            text = s.get_final_response().output_text
+    else:
+        text = sdk.responses.create(model="chat", input="hi").output_text
     assert "run out of credits" in text and f"/checkout?ve_id={world.ve.public_id}" in text
     assert len(upstream.requests) == 0
     assert not LedgerEntry.objects.filter(kind="charge").exists()
