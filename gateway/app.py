@@ -116,7 +116,7 @@ class GatewayApp:
         req = Request(scope, *target)
         route = None
         try:
-            route = _ROUTES.get((req.method, req.path))
+            route = _ROUTES.get((req.method, req.path)) or apis.route_of(req.method, req.path)
             if route is None:
                 raise errors.not_found(f"Unknown path: {req.method} {req.path}", code="unknown_path")
             snapshot = await routing_cache.ensure_started()
