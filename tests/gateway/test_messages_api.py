@@ -229,3 +229,16 @@ def test_count_tokens_and_models(live_gateway, openai_up, biller):
     # GET /v1/models with anthropic-version: Anthropic's list shape
     page = client.models.list()
     assert [m.id for m in page.data] == ["chat"] and page.data[0].type == "model"
+
+
+def test_ve_host_base_url_for_both_apis(live_gateway, openai_up, biller, settings):
+    # the VE named by the host <ve>.ve.<GATEWAY_BASE_DOMAIN>
+    world = make_world([(openai_up, "openai", "gpt-up", 0, 1)])
+    host = f"{world.ve.public_id}.ve.{settings.GATEWAY_BASE_DOMAIN}"
+    msg = anthropic.Anthropic(base_url=live_gateway.url, api_key=world.secret, max_retries=0,
+                              default_headers={"Host": host}).messages.create(
+        model="chat", max_tokens=10, messages=[{"role": "user", "content": "via host"}])
+    assert msg.content[0].text == "Echo: via host"
+    resp = world.client(f"{live_gateway.url}/v1", default_headers={"Host": host}).responses.create(
+        model="chat", input="via host too")
+    assert resp.output_text == "Echo: via host too"
