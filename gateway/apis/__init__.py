@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 
 from gateway import auth, errors
-from gateway.apis import messages, responses
+from gateway.apis import completions, messages, responses
 from gateway.responses import send_json
 
 ROUTES = {("POST", "/v1/messages"): "messages", ("POST", "/v1/messages/count_tokens"): "count_tokens",
-          ("POST", "/v1/responses"): "responses"}
+          ("POST", "/v1/responses"): "responses", ("POST", "/v1/completions"): "completions"}
 KINDS = frozenset({*ROUTES.values(), "model"})
 MODEL_PREFIX = "/v1/models/"
 
@@ -48,7 +48,10 @@ async def handle(app, route, snapshot, ve, key, req, receive, send) -> None:
         from gateway.app import _metadata_run_id
 
         req.run_id = _metadata_run_id(body)
-    if route == "responses":
+    if route == "completions":
+        chat = completions.to_chat(body)
+        wrapped, endpoint = completions.wrap_send(send, name), completions.ENDPOINT
+    elif route == "responses":
         chat = responses.to_chat(body)
         wrapped, endpoint = responses.wrap_send(send, name, body), responses.ENDPOINT
     else:

@@ -67,3 +67,22 @@ def test_integer_error_code_is_answered_as_string(live_gateway, openai_up, bille
     r = httpx.post(f"{live_gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {world.secret}"},
                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "400"
+
+
+def test_legacy_completions(live_gateway, biller):
+    from tests.fakes.gemini_server import GeminiFake
+    from tests.fakes import gemini_server as gemini_fake
+
+    # a chat-only upstream (Gemini) serves the legacy completions API through the chat path
+    with GeminiFake(api_key="AIza-up") as gemini:
+        world = make_world([(gemini, "gemini", "gemini-up", 0, 1)])
+        gemini.script(gemini_fake.reply(text="Once upon a time"), gemini_fake.stream(text=["Once", " more"]))
+        sdk = world.client(f"{live_gateway.url}/v1")
+        done = sdk.completions.create(model="chat", prompt="Tell a story", max_tokens=20)
+        assert done.object == "text_completion" and done.choices[0].text == "Once upon a time"
+        assert done.id.startswith("cmpl-") and done.usage.completion_tokens > 0
+        chunks = list(sdk.completions.create(model="chat", prompt="Again", max_tokens=20, stream=True,
+                                             stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == "Once more"
+        assert chunks[-1].usage.completion_tokens > 0
+    assert [ctx.endpoint for ctx, _ in biller.wait_settled(2)] == ["completions", "completions"]
