@@ -157,6 +157,8 @@ async def unary(ctx: CallContext, send, *, deadline: float) -> None:
             outcome.ttfb_ms = int((time.time() - ctx.started_at) * 1000)
         settlement = await settle(ctx, admission, outcome)
     payload["model"] = ctx.requested_model
+    if settlement is not None and isinstance(payload.get("usage"), dict):
+        payload["usage"]["cost"] = format_credits(settlement.charge)  # as OpenRouter; decimal-string credits
     await send_json(send, 200, json.dumps(payload).encode(), ctx.request_id, settlement_headers(settlement))
 
 

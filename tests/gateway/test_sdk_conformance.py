@@ -86,3 +86,14 @@ def test_legacy_completions(live_gateway, biller):
         assert "".join(c.choices[0].text for c in chunks if c.choices) == "Once more"
         assert chunks[-1].usage.completion_tokens > 0
     assert [ctx.endpoint for ctx, _ in biller.wait_settled(2)] == ["completions", "completions"]
+
+
+def test_usage_cost_in_the_body(live_gateway, openai_up, biller):
+    # RecordingBiller settles every call at 1234 micro-credits
+    world = make_world([(openai_up, "openai", "gpt-up", 0, 1)])
+    raw = world.client(f"{live_gateway.url}/v1").chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}])
+    assert raw.parse().usage.model_extra["cost"] == raw.headers["x-tokenbill-charge"] == "0.001234"
+    # and the translated APIs carry it too (Responses' usage keeps it)
+    resp = world.client(f"{live_gateway.url}/v1").responses.create(model="chat", input="hi")
+    assert resp.usage.model_extra["cost"] == "0.001234"
