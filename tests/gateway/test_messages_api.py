@@ -242,3 +242,16 @@ def test_ve_host_base_url_for_both_apis(live_gateway, openai_up, biller, setting
     resp = world.client(f"{live_gateway.url}/v1", default_headers={"Host": host}).responses.create(
         model="chat", input="via host too")
     assert resp.output_text == "Echo: via host too"
+
+
+def test_failure_mid_stream_is_an_error_event(live_gateway, claude, biller):
+    # after the first byte there is no fallback: the stream ends with Anthropic's `error` event
+    world = make_world([(claude, "anthropic", "claude-up", 0, 1)])
+    claude.script(claude_fake.stream_error_midway(after=4))
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with sdk(live_gateway, world).messages.stream(model="chat", max_tokens=10,
+                                                       messages=[{"role": "user", "content": "hi"}]) as s:
+            s.get_final_message()
+    assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "api_error"
+    (_, outcome), = biller.wait_settled()
+    assert outcome.error_code == "stream_interrupted"
