@@ -94,14 +94,21 @@ def wrk(url: str, key: str, model: str, conns: int, stream: bool, duration: int)
     return json.loads(line[len("BENCHJSON "):])
 
 
-async def ttfb(direct: tuple[str, str, str], gateway: tuple[str, str, str], n: int = 1500) -> tuple[float, float]:
+TTFB_N = int(os.environ.get("BENCH_TTFB_N", "1500"))
+
+
+async def ttfb(direct: tuple[str, str, str], gateway: tuple[str, str, str], n: int = TTFB_N) -> tuple[float, ...]:
     """Median time to the first streamed body byte, sequential requests, of the fake upstream
-    called directly and of the gateway, alternately: both medians see the same moments of a
-    noisy machine (measured one after the other, the direct median alone moved by 0.1 ms)."""
+    called directly, of the gateway (chat completions) and of the gateway's /v1/messages
+    (Anthropic's format, translated over the same chat path), alternately: the medians see
+    the same moments of a noisy machine (measured one after the other, the direct median
+    alone moved by 0.1 ms)."""
     import aiohttp
 
-    async def one(session, url, key, model) -> float:
+    async def one(session, url, key, model, messages_api: bool = False) -> float:
         body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]}
+        if messages_api:
+            url, body["max_tokens"] = url.replace("/chat/completions", "/messages"), 64
         started = time.perf_counter()
         async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
             await resp.content.readany()
@@ -109,13 +116,15 @@ async def ttfb(direct: tuple[str, str, str], gateway: tuple[str, str, str], n: i
             await resp.read()
         return elapsed
 
-    samples: tuple[list, list] = ([], [])
+    samples: tuple[list, list, list] = ([], [], [])
     async with aiohttp.ClientSession() as s_direct, aiohttp.ClientSession() as s_gateway:
         for i in range(n + 30):
             d, g = await one(s_direct, *direct), await one(s_gateway, *gateway)
+            m = await one(s_gateway, *gateway, messages_api=True)
             if i >= 30:
                 samples[0].append(d)
                 samples[1].append(g)
+                samples[2].append(m)
     return tuple(sorted(x)[len(x) // 2] * 1000 for x in samples)
 
 
@@ -196,8 +205,8 @@ def run_once(billing: bool, duration: int) -> None:
         direct = measure("direct", direct_url, "sk-bench", "fake-model", {"upstream": fake.pid}, duration)
         via = measure("gateway", gw_url, key, "bench", pids, duration)
         rss_mb = int(Path(f"/proc/{gw.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-        t_direct, t_gw = asyncio.run(ttfb((direct_url, "sk-bench", "fake-model"), (gw_url, key, "bench")))
-        report(billing, env["REDIS_URL"], direct, via, rss_mb, t_direct, t_gw)
+        t_direct, t_gw, t_msg = asyncio.run(ttfb((direct_url, "sk-bench", "fake-model"), (gw_url, key, "bench")))
+        report(billing, env["REDIS_URL"], direct, via, rss_mb, t_direct, t_gw, t_msg)
         if billing and env["REDIS_URL"]:  # the rows the gateway spooled to Redis, as Celery writes them
             subprocess.run([PY, "bench/drain.py"], cwd=ROOT, env=env, check=True)
     finally:
@@ -238,7 +247,7 @@ def cleanup_redis(env: dict) -> None:
     client.close()
 
 
-def report(billing, redis, direct, via, rss_mb, t_direct, t_gw) -> None:
+def report(billing, redis, direct, via, rss_mb, t_direct, t_gw, t_msg) -> None:
     print(f"\n== gateway (1 uvicorn worker) vs fake upstream direct; billing {'ON' if billing else 'OFF'}"
           f"{' (Redis counters)' if billing and redis else ' (SQL counters)' if billing else ''} ==")
     print(f"{'case':<16}{'direct req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'cpu ms/req':>11} |"
@@ -253,6 +262,7 @@ def report(billing, redis, direct, via, rss_mb, t_direct, t_gw) -> None:
         print("redis-server cpu ms/req: " + ", ".join(
             f"{case[0]} c={case[1]} {via[case]['cpu_ms']['redis']:.3f}" for case in CASES if "redis" in via[case]["cpu_ms"]))
     print(f"stream TTFB p50 (c=1): direct {t_direct:.2f} ms, gateway {t_gw:.2f} ms, added {t_gw - t_direct:.2f} ms")
+    print(f"/v1/messages stream TTFB p50 (c=1): {t_msg:.2f} ms, {t_msg - t_gw:+.3f} ms vs the chat stream")
     print(f"gateway resident memory after the run: {rss_mb:.0f} MB")
 
 

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from billing import budget as budgets
 from billing import pricing_media
 from billing.checkout_links import checkout_url
-from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, Settlement
+from billing.gate import CHAT_ENDPOINTS, Admission, BudgetExhausted, CallContext, Outcome, Settlement
 from billing.money import MICROS_PER_CREDIT
 from billing.pricing import PricingError, RateBook, RouteRates, Units, price_call, route_rates, units_from
 from billing.ratelimit import make_limiter
@@ -460,7 +460,7 @@ def choices(ctx: CallContext) -> int:
 
 
 def requested_output(ctx: CallContext) -> int:
-    if ctx.endpoint != "chat.completions":
+    if ctx.endpoint not in CHAT_ENDPOINTS:
         return 0
     for name in ("max_completion_tokens", "max_tokens"):
         value = ctx.body.get(name)

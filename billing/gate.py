@@ -23,6 +23,11 @@ from typing import Any, Protocol
 from routing.snapshot import AccessKeySnap, LogicalModelSnap, RouteSnap, VirtualEndpointSnap
 
 
+# Endpoints whose calls are chat calls (billed, held and answered as chat): the inbound
+# APIs of gateway/apis/ run the chat path under their own name, for the request log.
+CHAT_ENDPOINTS = frozenset({"chat.completions", "messages", "responses", "completions"})
+
+
 @dataclass(slots=True)
 class CallContext:
     request_id: str

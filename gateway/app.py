@@ -24,7 +24,7 @@ import time
 from django.conf import settings
 
 from billing.gate import CallContext, Outcome, get_biller
-from gateway import auth, errors, media, proxy, upstream
+from gateway import apis, auth, errors, media, proxy, upstream
 from gateway.responses import send_assistant_message, send_error, send_json
 from routing.cache import routing_cache
 
@@ -46,19 +46,20 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 
 _ROUTES = {("POST", CHAT): "chat", ("POST", EMBEDDINGS): "embeddings", ("GET", MODELS): "models"}
 _ROUTES.update(media.ROUTES)
+_ROUTES.update(apis.ROUTES)
 
 
 class Request:
     """What the hot path needs from the scope, read in one pass over the headers."""
 
     __slots__ = ("ve_public_id", "path", "method", "host", "authorization", "api_key", "x_api_key",
-                 "content_length", "run_id", "request_id")
+                 "content_length", "run_id", "request_id", "anthropic_version")
 
     def __init__(self, scope, ve_public_id, path):
         self.ve_public_id = ve_public_id
         self.path = path
         self.method = scope["method"]
-        self.authorization = self.api_key = self.x_api_key = self.run_id = ""
+        self.authorization = self.api_key = self.x_api_key = self.run_id = self.anthropic_version = ""
         self.content_length = -1
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -71,6 +72,8 @@ class Request:
                 self.content_length = int(value) if value.isdigit() else -1
             elif name == b"x-tokenbill-run-id":
                 self.run_id = value.decode("latin-1")[:200]
+            elif name == b"anthropic-version":
+                self.anthropic_version = value.decode("latin-1")
         self.request_id = f"{_ID_PREFIX}{next(_ids):012x}"
 
 
@@ -111,8 +114,9 @@ class GatewayApp:
     async def __call__(self, scope, receive, send):
         target = self._target(scope)
         req = Request(scope, *target)
+        route = None
         try:
-            route = _ROUTES.get((req.method, req.path))
+            route = _ROUTES.get((req.method, req.path)) or apis.route_of(req.method, req.path)
             if route is None:
                 raise errors.not_found(f"Unknown path: {req.method} {req.path}", code="unknown_path")
             snapshot = await routing_cache.ensure_started()
@@ -125,10 +129,13 @@ class GatewayApp:
             if route in media.KINDS:
                 await media.handle(route, scope, snapshot, ve, key, req, receive, send)
                 return
+            if route in apis.KINDS:
+                await apis.handle(self, route, snapshot, ve, key, req, receive, send)
+                return
             body = await _read_json(receive, req)
             await self._metered(route, snapshot, ve, key, body, req, receive, send)
         except errors.GatewayError as exc:
-            await send_error(send, exc, req.request_id)
+            await apis.send_error(send, exc, req, route)
         except proxy.ClientGone:
             return
         except Exception:
@@ -137,16 +144,20 @@ class GatewayApp:
                              req.request_id)
 
     async def _models(self, snapshot, ve, key, req, send):
+        if req.anthropic_version:
+            await apis.send_models(send, auth.model_names(snapshot, ve, key), req)
+            return
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "tokenbill"}
                 for name in auth.model_names(snapshot, ve, key)]
         await send_json(send, 200, json.dumps({"object": "list", "data": data}).encode(), req.request_id)
 
-    async def _metered(self, route, snapshot, ve, key, body, req, receive, send):
+    async def _metered(self, route, snapshot, ve, key, body, req, receive, send, endpoint=None):
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise errors.bad_request("you must provide a model parameter", param="model")
         stream = _validate_chat(body) if route == "chat" else _validate_embeddings(body)
-        ctx = CallContext(request_id=req.request_id, endpoint="chat.completions" if route == "chat" else "embeddings",
+        endpoint = endpoint or ("chat.completions" if route == "chat" else "embeddings")
+        ctx = CallContext(request_id=req.request_id, endpoint=endpoint,
                           ve=ve, key=key, model=None, body=body, stream=stream,
                           run_id=req.run_id or _metadata_run_id(body), started_at=time.time(), requested_model=name)
         try:

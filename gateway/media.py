@@ -27,7 +27,7 @@ from billing import pricing_media
 from billing.gate import CallContext, Outcome
 from gateway import audio, auth, errors, fallback, multipart, proxy, upstream
 from gateway.adapters.base import REGISTRY, UpstreamError, Usage
-from gateway.responses import rid_header, send_json
+from gateway.responses import rid_headers, send_json
 from routing.snapshot import RouteSnap
 
 IMAGES, SPEECH = "/v1/images/generations", "/v1/audio/speech"
@@ -296,7 +296,7 @@ async def _relay_audio(ctx: CallContext, receive, send, opened: _Audio, outcome:
     content_type = opened.resp.headers.get("Content-Type") or SPEECH_CONTENT_TYPES[fmt]
     try:
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", content_type.encode("latin-1")), rid_header(ctx.request_id)]})
+                    "headers": [(b"content-type", content_type.encode("latin-1")), *rid_headers(ctx.request_id)]})
         opened.add(opened.first)
         await send({"type": "http.response.body", "body": opened.first, "more_body": True})
         async for chunk in opened.resp.content.iter_any():
@@ -342,7 +342,7 @@ async def _transcribe(ctx: CallContext, route: str, form: multipart.Form, upload
         settlement = await proxy.settle(ctx, admission, outcome)
     body, content_type = answer
     headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode()),
-               rid_header(ctx.request_id), *proxy.settlement_headers(settlement)]
+               *rid_headers(ctx.request_id), *proxy.settlement_headers(settlement)]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

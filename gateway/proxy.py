@@ -19,7 +19,7 @@ import logging
 import time
 
 from billing.money import format_credits
-from billing.gate import Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
+from billing.gate import CHAT_ENDPOINTS, Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
 from gateway import errors, fallback, upstream
 from gateway.adapters.shapes import content_text
 from gateway.adapters.base import REGISTRY, UpstreamError, Usage
@@ -131,7 +131,7 @@ async def admit(ctx: CallContext, send) -> Admission | None:
         await biller.record(ctx, Outcome(route=None, status="budget_exhausted", http_status=429,
                                          error_code="budget_exhausted"))
         text = f"Your Credit balance is insufficient. Please top up: {exc.checkout_url}"
-        if exc.mode == "message" and ctx.endpoint == "chat.completions":
+        if exc.mode == "message" and ctx.endpoint in CHAT_ENDPOINTS:
             await send_assistant_message(send, request_id=ctx.request_id, model=ctx.requested_model,
                                          text=getattr(exc, "message", None) or text, stream=ctx.stream)
             return None
@@ -185,6 +185,8 @@ async def unary(ctx: CallContext, send, *, deadline: float) -> None:
             outcome.ttfb_ms = int((time.time() - ctx.started_at) * 1000)
         settlement = await settle(ctx, admission, outcome)
     payload["model"] = ctx.requested_model
+    if settlement is not None and isinstance(payload.get("usage"), dict):
+        payload["usage"]["cost"] = format_credits(settlement.charge)  # as OpenRouter; decimal-string credits
     await send_json(send, 200, json.dumps(payload).encode(), ctx.request_id, settlement_headers(settlement))
 
 

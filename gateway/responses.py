@@ -21,8 +21,14 @@ def rid_header(request_id: str) -> tuple[bytes, bytes]:
     return (REQUEST_ID, request_id.encode())
 
 
+def rid_headers(request_id: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """x-tokenbill-request-id and x-request-id (where the official SDKs read request ids)."""
+    value = request_id.encode()
+    return (REQUEST_ID, value), (b"x-request-id", value)
+
+
 async def send_json(send, status: int, body: bytes, request_id: str, extra_headers=()) -> None:
-    headers = [CT_JSON, (b"content-length", str(len(body)).encode()), rid_header(request_id), *extra_headers]
+    headers = [CT_JSON, (b"content-length", str(len(body)).encode()), *rid_headers(request_id), *extra_headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -32,7 +38,7 @@ async def send_error(send, error: GatewayError, request_id: str) -> None:
 
 
 async def start_sse(send, request_id: str, extra_headers=()) -> None:
-    headers = [*SSE_HEADERS, rid_header(request_id), *extra_headers]
+    headers = [*SSE_HEADERS, *rid_headers(request_id), *extra_headers]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
@@ -47,7 +53,8 @@ def chat_completion(*, request_id: str, model: str, text: str, usage: Usage | No
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "finish_reason": "stop",
                      "logprobs": None}],
         "usage": {"prompt_tokens": usage.input_tokens + usage.cached_input_tokens,
                   "completion_tokens": usage.output_tokens, "total_tokens": usage.total_tokens},

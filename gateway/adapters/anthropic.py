@@ -226,7 +226,8 @@ def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, 
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"),
                                        "arguments": json.dumps(block.get("input") or {})}})
-    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                     "refusal": None}
     if calls:
         message["tool_calls"] = calls
     usage = usage_from(payload.get("usage"))

@@ -296,7 +296,8 @@ def translate_candidate(candidate: dict, position: int) -> dict:
             calls.append(tool_call(part))
         elif part.get("text") and not part.get("thought"):
             texts.append(part["text"])
-    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                     "refusal": None}
     if calls:
         message["tool_calls"] = calls
     return {"index": candidate.get("index", position), "message": message, "logprobs": None,

@@ -63,6 +63,8 @@ def openai_error(status: int, body: bytes, headers) -> UpstreamError:
             message = str(err.get("message") or message)
             type_ = str(err.get("type") or type_)
             code, param = err.get("code"), err.get("param")
+            if code is not None and not isinstance(code, str):
+                code = str(code)  # vLLM sends the HTTP status as an integer; OpenAI's spec says string
         elif isinstance(err, str):
             message = err
     except (ValueError, AttributeError):

@@ -164,7 +164,7 @@ async def test_non_stream_answer_and_usage_with_cache(upstream, tgt):
     body, usage = await drive.chat(adapter, tgt, chat_body())
     # then
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Bonjour."}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Bonjour.", "refusal": None}
     assert body["choices"][0]["finish_reason"] == "stop"
     assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_creation_tokens, usage.output_tokens) == \
         (25, 1000, 300, 7)
