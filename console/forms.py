@@ -127,7 +127,7 @@ class LogicalModelForm(forms.ModelForm):
     class Meta:
         model = LogicalModel
         fields = ["name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
-                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "enabled"]
+                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "unsupported_params", "enabled"]
         labels = {"input_price_per_mtok": "Sale price: input / 1M (credits)",
                   "cached_input_price_per_mtok": "Sale price: cached input / 1M",
                   "output_price_per_mtok": "Sale price: output / 1M (credits)",

@@ -37,8 +37,10 @@ def usage_from_openai(raw) -> Usage | None:
     details = raw.get("prompt_tokens_details") or {}
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     cached = min(cached, prompt)
+    output = raw.get("completion_tokens_details") or {}
+    reasoning = int(output.get("reasoning_tokens") or 0) if isinstance(output, dict) else 0
     return Usage(input_tokens=prompt - cached, cached_input_tokens=cached,
-                 output_tokens=int(raw.get("completion_tokens") or 0))
+                 output_tokens=int(raw.get("completion_tokens") or 0), reasoning_tokens=reasoning)
 
 
 def retry_after_from(headers) -> float | None:
