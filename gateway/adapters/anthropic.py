@@ -116,9 +116,11 @@ def _thinking(body: dict, out: dict) -> None:
     """reasoning_effort -> extended thinking. Anthropic wants MIN_THINKING_BUDGET <= budget_tokens
     < max_tokens, no temperature/top_p change and no forced tool with thinking
     (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking): the budget leaves
-    at least MIN_THINKING_BUDGET tokens for the answer; with less room, or a forced tool, no thinking."""
+    at least MIN_THINKING_BUDGET tokens for the answer; with less room, or a forced tool, no thinking.
+    Nor in a tool loop: Anthropic then wants the previous turn's signed thinking block back
+    before its tool_use, which an OpenAI client never keeps."""
     budget = shapes.reasoning_budget(body)
-    if not budget:
+    if not budget or any(m.get("role") == "tool" for m in body.get("messages") or ()):
         return
     budget = min(budget, out["max_tokens"] - MIN_THINKING_BUDGET)
     if budget < MIN_THINKING_BUDGET or out.get("tool_choice", {}).get("type") in ("any", "tool"):
