@@ -18,6 +18,7 @@ from routing.models import (
     Provider,
     Role,
     Route,
+    UnsupportedParams,
     VirtualEndpoint,
 )
 from tokenbill import netguard
@@ -127,18 +128,23 @@ class LogicalModelForm(forms.ModelForm):
     class Meta:
         model = LogicalModel
         fields = ["name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
-                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "enabled"]
+                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "unsupported_params", "enabled"]
         labels = {"input_price_per_mtok": "Sale price: input / 1M (credits)",
                   "cached_input_price_per_mtok": "Sale price: cached input / 1M",
                   "output_price_per_mtok": "Sale price: output / 1M (credits)",
-                  "price_per_second": "Sale price: audio / second"}
+                  "price_per_second": "Sale price: audio / second",
+                  "unsupported_params": "Parameters a provider cannot take"}
         help_texts = {"name": "What clients put in \"model\", e.g. gpt-4o-mini or chat-fast."}
 
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
         self.instance.organization = organization
+        self.fields["unsupported_params"].required = False  # left out of a post: the default, drop
         for name in ("input_price_per_mtok", "cached_input_price_per_mtok", "output_price_per_mtok", "price_per_second"):
             self.fields[name].help_text = "Empty: cost × organization markup."
+
+    def clean_unsupported_params(self):
+        return self.cleaned_data.get("unsupported_params") or UnsupportedParams.DROP
 
     def clean_name(self):
         name = self.cleaned_data["name"]

@@ -9,6 +9,7 @@ fallback. Every attempt goes into outcome.attempts for the request log.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from routing.selection import plan
 from routing.snapshot import LogicalModelSnap, PhysicalModelSnap, RouteSnap
 
 CAPACITY_STATUSES = frozenset({429, 503, 529})
+alerts = logging.getLogger("tokenbill.alerts")
 
 
 # Path segments of a provider URL that say nothing about the account (kept in messages).
@@ -51,6 +53,14 @@ def _attempt(route: RouteSnap, status: int, error: str, started: float) -> dict:
         "provider": pm.provider.name, "status": status, "error": error,
         "latency_ms": int((time.monotonic() - started) * 1000),
     }
+
+
+def _out_of_quota(target: PhysicalModelSnap) -> None:
+    """The operator's alert: the provider account behind this route has no money left."""
+    provider = target.provider
+    alerts.error("provider out of quota: provider %s (id %s) answered insufficient_quota for %s; its routes "
+                 "cool down for %ss, top up the provider account", provider.name, provider.id, target.upstream_model,
+                 int(settings.GATEWAY_QUOTA_COOLDOWN))
 
 
 def _cooldown_left(model: LogicalModelSnap) -> float | None:
@@ -86,7 +96,14 @@ async def run(model: LogicalModelSnap, admission: Admission, outcome: Outcome, a
                 await breaker.success(pm.id)
                 raise errors.GatewayError(exc.status, scrub(exc.message, pm), type=exc.type, code=exc.code,
                                           param=exc.param) from None
-            await breaker.failure(pm.id, retry_after=exc.retry_after if exc.status == 429 else None)
+            if exc.code == "insufficient_quota":  # every route on that provider account rests longer
+                _out_of_quota(pm)
+                until = time.time() + settings.GATEWAY_QUOTA_COOLDOWN
+                for other in model.routes:
+                    if other.physical_model.provider.id == pm.provider.id:
+                        await breaker.open(other.physical_model.id, until)
+            else:
+                await breaker.failure(pm.id, retry_after=exc.retry_after if exc.status == 429 else None)
             if exc.status in CAPACITY_STATUSES:
                 kinds.append("unavailable")
                 retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None

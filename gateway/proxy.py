@@ -22,6 +22,7 @@ from billing.money import format_credits
 from billing.gate import CHAT_ENDPOINTS, Admission, BudgetExhausted, CallContext, Outcome, RateLimited, get_biller
 from gateway import errors, fallback, upstream
 from gateway.adapters.shapes import content_text
+from gateway.adapters import params
 from gateway.adapters.base import REGISTRY, UpstreamError, Usage
 from gateway.responses import DONE, send_assistant_message, send_json, sse_chunk, start_sse
 from routing.snapshot import RouteSnap
@@ -111,6 +112,11 @@ def upstream_body(body: dict, route: RouteSnap, admission: Admission) -> dict:
     return out
 
 
+def dropped_header(dropped) -> list[tuple[bytes, bytes]]:
+    """Parameters the serving provider could not take, dropped by the logical model's policy."""
+    return [(b"x-tokenbill-dropped-params", ",".join(dropped).encode())] if dropped else []
+
+
 def settlement_headers(settlement) -> list[tuple[bytes, bytes]]:
     if settlement is None:
         return []
@@ -172,9 +178,9 @@ async def unary(ctx: CallContext, send, *, deadline: float) -> None:
     outcome = Outcome(route=None)
     settlement = None
     answer = None
+    attempt = _unary_attempt(ctx, admission)
     try:
-        answer = await fallback.run(ctx.model, admission, outcome, _unary_attempt(ctx, admission),
-                                    deadline=deadline)
+        answer = await fallback.run(ctx.model, admission, outcome, attempt, deadline=deadline)
     except errors.GatewayError as exc:
         _fail(outcome, exc)
         raise
@@ -187,7 +193,8 @@ async def unary(ctx: CallContext, send, *, deadline: float) -> None:
     payload["model"] = ctx.requested_model
     if settlement is not None and isinstance(payload.get("usage"), dict):
         payload["usage"]["cost"] = format_credits(settlement.charge)  # as OpenRouter; decimal-string credits
-    await send_json(send, 200, json.dumps(payload).encode(), ctx.request_id, settlement_headers(settlement))
+    await send_json(send, 200, json.dumps(payload).encode(), ctx.request_id,
+                    settlement_headers(settlement) + dropped_header(attempt.dropped))
 
 
 def _unary_attempt(ctx: CallContext, admission: Admission):
@@ -196,7 +203,11 @@ def _unary_attempt(ctx: CallContext, admission: Admission):
     async def attempt(route: RouteSnap, remaining: float):
         pm = route.physical_model
         adapter = REGISTRY[pm.provider.kind]
-        body = upstream_body(ctx.body, route, admission) if not embeddings else {**ctx.body, "model": pm.upstream_model}
+        if embeddings:
+            body = {**ctx.body, "model": pm.upstream_model}
+        else:
+            body, attempt.dropped = params.apply_policy(pm.provider.kind, upstream_body(ctx.body, route, admission),
+                                                        ctx.model.unsupported_params)
         call = adapter.embeddings_request(pm, body) if embeddings else adapter.chat_request(pm, body, stream=False)
         resp = await upstream.send(call, pm.provider, remaining)
         async with resp:
@@ -216,6 +227,7 @@ def _unary_attempt(ctx: CallContext, admission: Admission):
             usage = plausible_usage(usage, ctx.body, "" if embeddings else _answer_text(payload), pm.upstream_model)
         return payload, usage
 
+    attempt.dropped = []  # the serving route's dropped parameters (x-tokenbill-dropped-params)
     return attempt
 
 
@@ -228,17 +240,20 @@ def _answer_text(payload: dict) -> str:
 
 # --- stream ----------------------------------------------------------------------------------
 class _Opened:
-    __slots__ = ("resp", "decoder", "events", "first", "pending")
+    __slots__ = ("resp", "decoder", "events", "first", "pending", "dropped")
 
-    def __init__(self, resp, decoder, events, first, pending=()):
+    def __init__(self, resp, decoder, events, first, pending=(), dropped=()):
         self.resp, self.decoder, self.events, self.first, self.pending = resp, decoder, events, first, pending
+        self.dropped = dropped
 
 
 def _stream_attempt(ctx: CallContext, admission: Admission, include_usage: bool):
     async def attempt(route: RouteSnap, remaining: float) -> _Opened:
         pm = route.physical_model
         adapter = REGISTRY[pm.provider.kind]
-        call = adapter.chat_request(pm, upstream_body(ctx.body, route, admission), stream=True)
+        body, dropped = params.apply_policy(pm.provider.kind, upstream_body(ctx.body, route, admission),
+                                            ctx.model.unsupported_params)
+        call = adapter.chat_request(pm, body, stream=True)
         resp = await upstream.send(call, pm.provider, remaining)
         try:
             if resp.status >= 300:
@@ -251,12 +266,12 @@ def _stream_attempt(ctx: CallContext, admission: Admission, include_usage: bool)
                     if first or decoder.done:
                         # The first chunk goes out at once; what arrived with it is relayed next
                         # (a failure there is then after the first byte: an error event).
-                        return _Opened(resp, decoder, batches, first, batch[i + 1:])
+                        return _Opened(resp, decoder, batches, first, batch[i + 1:], dropped)
             first = decoder.close()
             if not first:
                 raise UpstreamError(502, "The upstream model sent an empty stream.", transient=True,
                                     code="bad_upstream_answer")
-            return _Opened(resp, decoder, None, first)
+            return _Opened(resp, decoder, None, first, (), dropped)
         except BaseException:
             resp.close()
             raise
@@ -334,7 +349,7 @@ async def _relay(ctx: CallContext, send, opened: _Opened, outcome: Outcome, fini
     relay = asyncio.current_task()
     model = ctx.requested_model
     try:
-        await start_sse(send, ctx.request_id)
+        await start_sse(send, ctx.request_id, dropped_header(opened.dropped))
         await send({"type": "http.response.body", "body": _frames(opened.first, model), "more_body": True})
         decoder = opened.decoder
         if opened.pending and not decoder.done:

@@ -172,7 +172,8 @@ class RouteInline(admin.TabularInline):
 
 @admin.register(LogicalModel)
 class LogicalModelAdmin(ConfigChangingAdmin):
-    list_display = ["name", "organization", "modality", "input_price_per_mtok", "output_price_per_mtok", "enabled"]
+    list_display = ["name", "organization", "modality", "input_price_per_mtok", "output_price_per_mtok",
+                    "unsupported_params", "enabled"]
     list_filter = ["modality", "enabled", "organization"]
     search_fields = ["name", "description", "organization__name"]
     inlines = [RouteInline]

@@ -107,6 +107,7 @@ def _logical_model_snaps(physical: dict[int, PhysicalModelSnap]) -> dict[tuple[i
             cache_write_price_per_mtok=lm.cache_write_price_per_mtok, output_price_per_mtok=lm.output_price_per_mtok,
             image_prices=_decimal_map(lm.image_prices), price_per_second=lm.price_per_second,
             default_max_output_tokens=lm.default_max_output_tokens, routes=tuple(routes.get(lm.pk, ())),
+            unsupported_params=lm.unsupported_params,
         )
     return snaps
 

@@ -227,6 +227,11 @@ class PhysicalModel(models.Model):
         return f"{self.upstream_model} @ {self.provider.name}"
 
 
+class UnsupportedParams(models.TextChoices):
+    DROP = "drop", "Drop and report in a header"
+    REJECT = "reject", "Refuse with a 400"
+
+
 class LogicalModel(models.Model):
     """The name API users put in "model"; routes decide which physical models serve it."""
 
@@ -244,6 +249,10 @@ class LogicalModel(models.Model):
     image_prices = models.JSONField(default=dict, blank=True, help_text="Credits per image by size and quality.")
     price_per_second = _sale_price_field("Credits per second of audio.")
     default_max_output_tokens = models.PositiveIntegerField(default=4096)
+    unsupported_params = models.CharField(
+        max_length=8, choices=UnsupportedParams.choices, default=UnsupportedParams.DROP,
+        help_text="A request parameter the serving provider cannot take: drop it (named in the "
+                  "x-tokenbill-dropped-params response header) or refuse the call with a 400.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

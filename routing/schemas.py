@@ -158,6 +158,7 @@ class LogicalModelOut(Schema):
     image_prices: dict
     price_per_second: OptionalDecimalText
     default_max_output_tokens: int
+    unsupported_params: str
     enabled: bool
     routes: list[RouteOut]
 
@@ -183,6 +184,9 @@ class LogicalModelIn(Schema):
     image_prices: dict = {}
     price_per_second: _SALE_PRICE | None = None
     default_max_output_tokens: int = Field(4096, ge=1, le=2**31 - 1)
+    unsupported_params: Literal["drop", "reject"] = Field(
+        "drop", description="A parameter the serving provider cannot take: drop it (x-tokenbill-dropped-params) "
+                            "or refuse with a 400.")
     enabled: bool = True
     routes: list[RouteIn] = []
 
@@ -198,6 +202,7 @@ class LogicalModelPatch(Schema):
     image_prices: dict | None = None
     price_per_second: _SALE_PRICE | None = None
     default_max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    unsupported_params: Literal["drop", "reject"] | None = None
     enabled: bool | None = None
     routes: list[RouteIn] | None = Field(None, description="Replaces every route when given.")
 

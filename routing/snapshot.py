@@ -67,6 +67,8 @@ class LogicalModelSnap:
     default_max_output_tokens: int
     # Enabled routes to enabled physical models on enabled providers, sorted by priority.
     routes: tuple[RouteSnap, ...]
+    # routing.models.UnsupportedParams: "drop" (and name them in a header) or "reject" (400).
+    unsupported_params: str = "drop"
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,6 +242,8 @@ GATEWAY_MAX_ATTEMPTS = envint("GATEWAY_MAX_ATTEMPTS", 4)
 GATEWAY_TOTAL_TIMEOUT = envfloat("GATEWAY_TOTAL_TIMEOUT", 600.0)
 GATEWAY_BREAKER_THRESHOLD = envint("GATEWAY_BREAKER_THRESHOLD", 3)
 GATEWAY_BREAKER_COOLDOWN = envfloat("GATEWAY_BREAKER_COOLDOWN", 30.0)
+# A route whose provider account is out of money (OpenAI 429 insufficient_quota) rests this long.
+GATEWAY_QUOTA_COOLDOWN = envfloat("GATEWAY_QUOTA_COOLDOWN", 600.0)
 # How often a process checks whether the configuration changed (embedded default).
 # Freeze what startup loaded out of the garbage collector's reach (gateway/app.py _tune_gc).
 # Off under pytest: the gateway there shares the test runner's process.

@@ -44,6 +44,10 @@ USAGE_FIELDS = {
     "cache_creation_input_tokens": "cache_creation_tokens",
     "output_tokens": "output_tokens",
 }
+# response_format json_schema / json_object goes to Anthropic as this tool, forced, whose input
+# schema is the client's schema; its input comes back to the client as the message content.
+STRUCTURED_TOOL = "structured_output"
+MIN_THINKING_BUDGET = 1024  # Anthropic refuses a smaller thinking.budget_tokens
 # Anthropic error types whose status alone would not say "another route may work".
 TRANSIENT_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
 
@@ -91,7 +95,40 @@ def translate_request(body: dict, stream: bool) -> dict:
         out["stream"] = True
     _copy_sampling(body, out)
     _copy_tools(body, out)
+    _structured_output(body, out)
+    _thinking(body, out)
     return out
+
+
+def _structured_output(body: dict, out: dict) -> None:
+    """A forced tool whose input is the schema (Anthropic's documented way to get JSON:
+    https://docs.anthropic.com/en/docs/build-with-claude/tool-use, "JSON mode")."""
+    found = shapes.json_schema_of(body)
+    if found is None:
+        return
+    name, schema = found
+    tool = {"name": STRUCTURED_TOOL, "description": f"Answer with the {name} JSON object.",
+            "input_schema": schema if schema.get("type") == "object" else {"type": "object", "properties": {}}}
+    out["tools"] = [*out.get("tools", ()), tool]
+    out["tool_choice"] = {"type": "tool", "name": STRUCTURED_TOOL}
+
+
+def _thinking(body: dict, out: dict) -> None:
+    """reasoning_effort -> extended thinking. Anthropic wants MIN_THINKING_BUDGET <= budget_tokens
+    < max_tokens, no temperature/top_p change and no forced tool with thinking
+    (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking): the budget leaves
+    at least MIN_THINKING_BUDGET tokens for the answer; with less room, or a forced tool, no thinking.
+    Nor in a tool loop: Anthropic then wants the previous turn's signed thinking block back
+    before its tool_use, which an OpenAI client never keeps."""
+    budget = shapes.reasoning_budget(body)
+    if not budget or any(m.get("role") == "tool" for m in body.get("messages") or ()):
+        return
+    budget = min(budget, out["max_tokens"] - MIN_THINKING_BUDGET)
+    if budget < MIN_THINKING_BUDGET or out.get("tool_choice", {}).get("type") in ("any", "tool"):
+        return
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    out.pop("temperature", None)
+    out.pop("top_p", None)
 
 
 def _copy_sampling(body: dict, out: dict) -> None:
@@ -218,10 +255,15 @@ def usage_from(raw: dict | None, into: Usage | None = None) -> Usage | None:
 def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
     if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
         raise shapes.malformed("Anthropic message without content")
-    texts, calls = [], []
+    texts, calls, thinking, structured = [], [], [], False
     for block in payload["content"]:
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
+        elif block.get("type") == "thinking":
+            thinking.append(block.get("thinking") or "")
+        elif block.get("type") == "tool_use" and block.get("name") == STRUCTURED_TOOL:
+            texts.append(json.dumps(block.get("input") or {}))
+            structured = True
         elif block.get("type") == "tool_use":
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"),
@@ -230,12 +272,26 @@ def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, 
                      "refusal": None}
     if calls:
         message["tool_calls"] = calls
+    if thinking:  # the field OpenAI-compatible servers (DeepSeek, vLLM) use for reasoning text
+        message["reasoning_content"] = "".join(thinking)
     usage = usage_from(payload.get("usage"))
+    usage.reasoning_tokens = thinking_tokens(target, "".join(thinking))
+    reason = FINISH_REASONS.get(payload.get("stop_reason"), "stop")
     choice = {"index": 0, "message": message, "logprobs": None,
-              "finish_reason": FINISH_REASONS.get(payload.get("stop_reason"), "stop")}
+              "finish_reason": "stop" if reason == "tool_calls" and structured and not calls else reason}
     body = shapes.completion(id=_chat_id(payload.get("id")), model=payload.get("model") or target.upstream_model,
                              choices=[choice], usage=shapes.openai_usage(usage or Usage()))
     return body, usage
+
+
+def thinking_tokens(target: PhysicalModelSnap, text: str) -> int:
+    """Anthropic bills thinking inside output_tokens and reports no separate count: the
+    thinking text is counted (for display only; the charge uses output_tokens)."""
+    if not text:
+        return 0
+    from gateway import tokens
+
+    return min(tokens.count_text(text, target.upstream_model), 2**31)
 
 
 def _chat_id(message_id: str | None) -> str:
@@ -253,6 +309,8 @@ class AnthropicStreamDecoder(shapes.TranslatingDecoder):
     def __init__(self, target: PhysicalModelSnap, include_usage: bool):
         super().__init__(target, include_usage)
         self.tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+        self.structured: set[int] = set()  # block indexes of the structured-output tool: content
+        self.thinking: list[str] = []
         self.finished = False
 
     def feed(self, event: SSEEvent) -> list[dict]:
@@ -280,6 +338,9 @@ class AnthropicStreamDecoder(shapes.TranslatingDecoder):
             return self.text_delta(block.get("text") or "")
         if block.get("type") != "tool_use":
             return []
+        if block.get("name") == STRUCTURED_TOOL:
+            self.structured.add(data.get("index", 0))
+            return []
         index = self.tool_index[data.get("index", 0)] = len(self.tool_index)
         self.tool_text.append(block.get("name") or "")
         call = {"index": index, "id": block.get("id"), "type": "function",
@@ -290,17 +351,27 @@ class AnthropicStreamDecoder(shapes.TranslatingDecoder):
         delta = data.get("delta") or {}
         if delta.get("type") == "text_delta":
             return self.text_delta(delta.get("text") or "")
+        if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+            self.thinking.append(delta["thinking"])
+            self.tool_text.append(delta["thinking"])  # counted as output if the stream is cut
+            return self.delta({"reasoning_content": delta["thinking"]})
+        if delta.get("type") == "input_json_delta" and data.get("index") in self.structured:
+            return self.text_delta(delta.get("partial_json") or "")
         if delta.get("type") == "input_json_delta" and data.get("index") in self.tool_index:
             piece = delta.get("partial_json") or ""
             self.tool_text.append(piece)
             return self.delta({"tool_calls": [{"index": self.tool_index[data["index"]],
                                                "function": {"arguments": piece}}]})
-        return []  # thinking_delta, signature_delta: not part of the OpenAI answer
+        return []  # signature_delta: not part of the OpenAI answer
 
     def on_message_delta(self, data: dict) -> list[dict]:
         self.reported = usage_from(data.get("usage"), self.reported)
         reason = (data.get("delta") or {}).get("stop_reason")
-        return self._finish(FINISH_REASONS.get(reason, "stop")) if reason else []
+        if not reason:
+            return []
+        reason = FINISH_REASONS.get(reason, "stop")
+        structured_only = self.structured and not self.tool_index
+        return self._finish("stop" if reason == "tool_calls" and structured_only else reason)
 
     def _finish(self, reason: str) -> list[dict]:
         if self.finished:
@@ -311,6 +382,8 @@ class AnthropicStreamDecoder(shapes.TranslatingDecoder):
     def on_message_stop(self, data: dict) -> list[dict]:
         out = self._finish("stop")
         self.done = True
+        if self.reported is not None:
+            self.reasoning_tokens = thinking_tokens(self.target, "".join(self.thinking)) or None
         return out + self.usage_chunks()
 
     def on_error(self, data: dict) -> list[dict]:

@@ -41,6 +41,9 @@ class Usage:
     cache_creation_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
+    # Part of output_tokens (billed as output), shown apart: OpenAI's
+    # completion_tokens_details.reasoning_tokens, Gemini's thoughtsTokenCount, Anthropic's thinking.
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

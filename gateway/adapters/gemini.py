@@ -140,8 +140,17 @@ def generation_config(body: dict) -> dict:
         config["stopSequences"] = shapes.stop_list(body.get("stop"))
     if (body.get("n") or 1) > 1:
         config["candidateCount"] = body["n"]
-    if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+    structured = shapes.json_schema_of(body)
+    if structured is not None:
+        # https://ai.google.dev/api/generate-content#generationconfig: responseSchema (an OpenAPI
+        # subset) needs responseMimeType application/json; json_object sends the MIME type alone.
         config["responseMimeType"] = "application/json"
+        if body["response_format"].get("type") == "json_schema":
+            config["responseSchema"] = clean_schema(structured[1])
+    budget = shapes.reasoning_budget(body)
+    if budget is not None:
+        # https://ai.google.dev/gemini-api/docs/thinking: thinkingConfig.thinkingBudget (0 = off)
+        config["thinkingConfig"] = {"thinkingBudget": budget}
     return config
 
 
@@ -290,16 +299,20 @@ def _chat_id(payload: dict) -> str:
 def translate_candidate(candidate: dict, position: int) -> dict:
     if not isinstance(candidate, dict):
         raise shapes.malformed("Gemini candidate is not an object")
-    texts, calls = [], []
+    texts, calls, thoughts = [], [], []
     for part in (candidate.get("content") or {}).get("parts") or ():
         if "functionCall" in part:
             calls.append(tool_call(part))
-        elif part.get("text") and not part.get("thought"):
+        elif part.get("text") and part.get("thought"):
+            thoughts.append(part["text"])  # thought summaries (thinkingConfig.includeThoughts)
+        elif part.get("text"):
             texts.append(part["text"])
     message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
                      "refusal": None}
     if calls:
         message["tool_calls"] = calls
+    if thoughts:
+        message["reasoning_content"] = "".join(thoughts)
     return {"index": candidate.get("index", position), "message": message, "logprobs": None,
             "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls))}
 
@@ -367,7 +380,10 @@ class GeminiStreamDecoder(shapes.TranslatingDecoder):
         for part in (candidate.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 out += self._tool_call(part, index)
-            elif part.get("text") and not part.get("thought"):
+            elif part.get("text") and part.get("thought"):
+                self.tool_text.append(part["text"])  # counted as output if the stream is cut
+                out += self.delta({"reasoning_content": part["text"]}, index)
+            elif part.get("text"):
                 out += self.text_delta(part["text"], index)
         if candidate.get("finishReason"):
             out += self._finish(index, finish_reason(candidate["finishReason"], index in self.tool_counts))

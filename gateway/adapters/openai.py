@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from gateway.adapters import shapes
 from gateway.adapters.usage import read_usage
 from gateway.adapters.base import (
     TRANSIENT_STATUSES,
@@ -48,8 +47,21 @@ def retry_after_from(headers) -> float | None:
     return None
 
 
+def _error_code(body: bytes) -> str | None:
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return (err.get("code") or err.get("type")) if isinstance(err, dict) else None
+
+
 def openai_error(status: int, body: bytes, headers) -> UpstreamError:
     retry_after = retry_after_from(headers)
+    if status == 429 and _error_code(body) == "insufficient_quota":
+        # The provider account is out of money (not a rate limit): the route falls over and
+        # cools down for GATEWAY_QUOTA_COOLDOWN, and the operator is alerted (gateway/fallback.py).
+        return UpstreamError(429, "The upstream provider account is out of quota.", transient=True,
+                             type="api_error", code="insufficient_quota")
     if status in TRANSIENT_STATUSES or status >= 500:
         return UpstreamError(status, "The upstream model is unavailable.", transient=True, type="api_error",
                              code="upstream_unavailable", retry_after=retry_after)
@@ -72,6 +84,29 @@ def openai_error(status: int, body: bytes, headers) -> UpstreamError:
     return UpstreamError(status, message, transient=False, type=type_, code=code, param=param)
 
 
+def _flatten_parts(delta: dict, content) -> str:
+    """A delta whose content is a list of parts (Mistral's reasoning models stream
+    [{"type": "thinking", "thinking": [{"type": "text", ...}]}, {"type": "text", "text": ...}],
+    https://docs.mistral.ai/capabilities/reasoning/): the text parts become the string OpenAI
+    clients append, the thinking parts reasoning_content. Edits the delta in place."""
+    if not isinstance(content, list):
+        raise malformed("a stream chunk whose content is neither text nor parts")
+    text, thinking = [], []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            text.append(part["text"])
+        elif part.get("type") == "thinking":
+            inner = part.get("thinking")
+            thinking.append(inner if isinstance(inner, str) else "".join(
+                p.get("text") or "" for p in inner or () if isinstance(p, dict)))
+    delta["content"] = "".join(text)
+    if thinking:
+        delta["reasoning_content"] = "".join(thinking)
+    return delta["content"]
+
+
 class OpenAIStreamDecoder(StreamDecoder):
     def feed(self, event: SSEEvent) -> list[dict]:
         data = event.data
@@ -90,8 +125,11 @@ class OpenAIStreamDecoder(StreamDecoder):
         choices = chunk.get("choices")
         if choices:
             for choice in choices:
-                content = shapes.content_text((choice.get("delta") or {}).get("content"))
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
                 if content:
+                    if type(content) is not str:
+                        content = _flatten_parts(delta, content)
                     self.text_parts.append(content)
         raw_usage = chunk.get("usage")
         if raw_usage:

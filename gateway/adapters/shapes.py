@@ -36,6 +36,7 @@ def content_text(content) -> str:
 def openai_usage(usage: Usage, reasoning_tokens: int | None = None) -> dict:
     """OpenAI's usage object: prompt_tokens includes cached reads (and, here, cache writes)."""
     prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_creation_tokens
+    reasoning_tokens = reasoning_tokens or usage.reasoning_tokens
     out = {
         "prompt_tokens": prompt,
         "completion_tokens": usage.output_tokens,
@@ -91,6 +92,37 @@ def stop_list(stop) -> list[str] | None:
         return None
     stops = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
     return stops or None
+
+
+# reasoning_effort -> a thinking budget in tokens, the figures Google's OpenAI compatibility
+# layer uses for Gemini (https://ai.google.dev/gemini-api/docs/openai, "low, medium and high
+# map to 1K, 8K and 24K thinking tokens"; "none" turns thinking off).
+REASONING_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def reasoning_budget(body: dict) -> int | None:
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in REASONING_BUDGETS:
+        raise bad_request(f"reasoning_effort must be one of {', '.join(REASONING_BUDGETS)}", param="reasoning_effort")
+    return REASONING_BUDGETS[effort]
+
+
+def json_schema_of(body: dict) -> tuple[str, dict] | None:
+    """response_format json_schema / json_object -> (name, JSON schema); None for text or none."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type")
+    if kind == "json_schema":
+        spec = fmt["json_schema"]
+        return spec.get("name") or "response", spec.get("schema") or {"type": "object"}
+    if kind == "json_object":
+        return "response", {"type": "object"}
+    if kind == "text":
+        return None
+    raise bad_request(f"unsupported response_format type: {kind!r}", param="response_format")
 
 
 def max_output_tokens(body: dict) -> int | None:

@@ -71,7 +71,7 @@ def read_usage(raw, flavor: str = "openai") -> tuple[Usage, int] | None:
         prompt = (prompt or 0) + tool
         cached = min(cached, prompt)
         return Usage(input_tokens=prompt - cached, cached_input_tokens=cached,
-                     output_tokens=(output or 0) + thoughts), thoughts
+                     output_tokens=(output or 0) + thoughts, reasoning_tokens=thoughts), thoughts
     prompt = _first(raw, "prompt_tokens", "input_tokens")
     output = _first(raw, "completion_tokens", "output_tokens")
     cache_read = _first(raw, "cache_read_input_tokens")
@@ -85,9 +85,10 @@ def read_usage(raw, flavor: str = "openai") -> tuple[Usage, int] | None:
     if flavor == "anthropic" or cache_read is not None:
         # Anthropic's input_tokens leaves out cache reads and writes: each is its own count.
         return Usage(input_tokens=prompt, cached_input_tokens=cache_read or 0, cache_creation_tokens=cache_write,
-                     output_tokens=output or 0), reasoning
+                     output_tokens=output or 0, reasoning_tokens=reasoning), reasoning
     cached = _nested(raw, "prompt_tokens_details", "cached_tokens")
     if cached is None:
         cached = _nested(raw, "input_tokens_details", "cached_tokens") or 0
     cached = min(cached, prompt)
-    return Usage(input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=output or 0), reasoning
+    return Usage(input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=output or 0,
+                 reasoning_tokens=reasoning), reasoning

@@ -29,8 +29,13 @@ def usage(input: int = 25, output: int = 10, cache_read: int = 0, cache_write: i
 
 
 def message(*, text: str | None = "Hello from Claude.", tool_calls: list[tuple[str, dict]] = (),
-            stop_reason: str | None = None, usage_: dict | None = None, model: str = MODEL) -> dict:
-    content = [{"type": "text", "text": text}] if text is not None else []
+            stop_reason: str | None = None, usage_: dict | None = None, model: str = MODEL,
+            thinking: str | None = None) -> dict:
+    # A thinking block comes first, with its signature (shape from
+    # https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking, "Example response").
+    content = [{"type": "thinking", "thinking": thinking, "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}] \
+        if thinking else []
+    content += [{"type": "text", "text": text}] if text is not None else []
     content += [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": name, "input": args}
                 for name, args in tool_calls]
     return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
@@ -144,4 +149,27 @@ class AnthropicFake(FakeServer):
             return error(400, "invalid_request_error", "anthropic-version: header is required")
         if not isinstance(body, dict) or not isinstance(body.get("max_tokens"), int):
             return error(400, "invalid_request_error", "max_tokens: Field required")
+        return self.reject_thinking(body)
+
+    @staticmethod
+    def reject_thinking(body: dict) -> Behaviour | None:
+        """Extended thinking's documented constraints
+        (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking: budget_tokens
+        >= 1024 and < max_tokens; "Thinking isn't compatible with temperature or top_k
+        modifications as well as forced tool use"). Messages as the API words them (quoted in
+        mastra-ai/mastra#7507 and BerriAI/litellm#17129 for the tool_choice one)."""
+        thinking = body.get("thinking")
+        if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+            return None
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return error(400, "invalid_request_error",
+                         "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+        if budget >= body["max_tokens"]:
+            return error(400, "invalid_request_error", "`max_tokens` must be greater than `thinking.budget_tokens`")
+        if body.get("temperature") not in (None, 1):
+            return error(400, "invalid_request_error",
+                         "`temperature` may only be set to 1 when thinking is enabled or in interleaved thinking mode.")
+        if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+            return error(400, "invalid_request_error", "Thinking may not be enabled when tool_choice forces tool use.")
         return None

@@ -161,7 +161,23 @@ class GeminiFake(FakeServer):
                                    "domain": "googleapis.com"}])
         if request[RECORDED].json is None:
             return error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
-        return None
+        return _reject_schema(((request[RECORDED].json or {}).get("generationConfig") or {}).get("responseSchema"))
+
+
+def _reject_schema(schema, where: str = "generation_config.response_schema") -> Behaviour | None:
+    """responseSchema is an OpenAPI subset (https://ai.google.dev/api/caching#Schema): a JSON
+    Schema keyword outside it is refused as the API does (error text as quoted in
+    QuantumNous/new-api#1037 and googleapis/python-genai#1815: Unknown name "$schema" / "additional_properties"
+    at 'generation_config.response_schema': Cannot find field)."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("additionalProperties", "$schema", "strict"):
+                return error(400, "INVALID_ARGUMENT", f'Invalid JSON payload received. Unknown name "{key}" at '
+                                                      f"'{where}': Cannot find field.")
+            inner = _reject_schema(value, where) if key in ("properties", "items") or isinstance(value, dict) else None
+            if inner:
+                return inner
+    return None
 
 
 def _text(request_body: dict) -> str:

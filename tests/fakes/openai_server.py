@@ -63,6 +63,16 @@ class AzureFake(OpenAIFake):
     def authorized(self, request) -> bool:
         return request.headers.get("api-key") == self.api_key and bool(request.query.get("api-version"))
 
+    async def default(self, request: web.Request) -> web.StreamResponse:
+        # api-versions before 2024-09-01-preview have no stream_options and refuse it
+        # (error text as reported in openai/openai-python#1469 and Azure/azure-sdk-for-java#40198).
+        version = request.query.get("api-version") or ""
+        if self.authorized(request) and "stream_options" in _body(request) and version[:10] < "2024-09-01":
+            return web.json_response({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                                "type": "invalid_request_error", "param": None, "code": None}},
+                                     status=400)
+        return await super().default(request)
+
     def endpoint(self, request) -> str:
         parts = request.path.strip("/").split("/")
         if len(parts) >= 4 and parts[:2] == ["openai", "deployments"]:
@@ -92,6 +102,16 @@ def fail(status: int, *, retry_after: str | None = None, message: str = "upstrea
 
 def malformed() -> Behaviour:
     return raw_reply(b'{"choices": [ this is not json')
+
+
+def insufficient_quota() -> Behaviour:
+    """The provider account is out of money: 429 with type and code insufficient_quota
+    (https://platform.openai.com/docs/guides/error-codes, "429 - You exceeded your current
+    quota, please check your plan and billing details"; body as quoted in OpenHands/OpenHands#998)."""
+    return json_reply({"error": {"message": "You exceeded your current quota, please check your plan and billing "
+                                            "details. For more information on this error, read the docs: "
+                                            "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                                 "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}, status=429)
 
 
 def stream(answer: str | None = None, *, pieces: int = 4, delay: float = 0.0, drop_after: int | None = None,

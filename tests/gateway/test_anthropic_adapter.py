@@ -449,3 +449,40 @@ def test_answer_of_unexpected_shape_is_malformed_and_transient():
     with pytest.raises(UpstreamError) as err:
         decoder.feed(SSEEvent(data=json.dumps({"type": "content_block_delta", "index": 0, "delta": "x"})))
     assert err.value.transient
+
+
+# --- reasoning_effort and structured outputs (request translation) ------------------------------
+
+
+def test_reasoning_effort_is_a_thinking_budget_and_drops_sampling():
+    call = adapter.chat_request(drive.target("anthropic", "https://x.test", KEY),
+                                chat_body(max_tokens=10000, reasoning_effort="medium", temperature=0.2, top_p=0.5),
+                                stream=False)
+    assert call.json["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert "temperature" not in call.json and "top_p" not in call.json
+
+
+def test_no_thinking_inside_a_tool_loop():
+    # the previous turn's signed thinking block is not in an OpenAI history: Anthropic would refuse
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}]
+    call = adapter.chat_request(drive.target("anthropic", "https://x.test", KEY),
+                                chat_body(messages=messages, max_tokens=10000, reasoning_effort="high"), stream=False)
+    assert "thinking" not in call.json
+
+
+def test_json_object_is_a_forced_tool_with_an_open_object_schema():
+    call = adapter.chat_request(drive.target("anthropic", "https://x.test", KEY),
+                                chat_body(max_tokens=100, response_format={"type": "json_object"}), stream=False)
+    assert call.json["tools"][-1]["name"] == "structured_output"
+    assert call.json["tools"][-1]["input_schema"]["type"] == "object"
+    assert call.json["tool_choice"] == {"type": "tool", "name": "structured_output"}
+
+
+def test_a_bad_response_format_is_the_clients_400():
+    with pytest.raises(UpstreamError) as err:
+        adapter.chat_request(drive.target("anthropic", "https://x.test", KEY),
+                             chat_body(max_tokens=100, response_format={"type": "xml"}), stream=False)
+    assert err.value.status == 400 and not err.value.transient and err.value.param == "response_format"

@@ -153,7 +153,10 @@ async def test_answer_with_thinking_and_cached_tokens(upstream, tgt):
     assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_creation_tokens, usage.output_tokens) == \
         (200, 1000, 0, 38)
     assert not usage.estimated
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Bonjour.", "refusal": None}
+    # thought summaries go apart, in the field OpenAI-compatible servers use for reasoning text
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Bonjour.", "refusal": None,
+                                             "reasoning_content": "The user greets me..."}
+    assert usage.reasoning_tokens == 30
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"] == {"prompt_tokens": 1200, "completion_tokens": 38, "total_tokens": 1238,
                              "prompt_tokens_details": {"cached_tokens": 1000},
