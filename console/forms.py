@@ -134,11 +134,59 @@ class LogicalModelForm(forms.ModelForm):
                   "price_per_second": "Sale price: audio / second"}
         help_texts = {"name": "What clients put in \"model\", e.g. gpt-4o-mini or chat-fast."}
 
+    # Sale price field -> the physical model's cost field it is compared with.
+    PRICE_COST = {"input_price_per_mtok": "input_cost_per_mtok", "cached_input_price_per_mtok": "cached_input_cost_per_mtok",
+                  "output_price_per_mtok": "output_cost_per_mtok", "price_per_second": "audio_cost_per_second"}
+
+    confirm_loss = forms.BooleanField(required=False, widget=forms.HiddenInput,
+                                      label="Save anyway: I mean to sell below cost on the routes above")
+
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
         self.instance.organization = organization
-        for name in ("input_price_per_mtok", "cached_input_price_per_mtok", "output_price_per_mtok", "price_per_second"):
-            self.fields[name].help_text = "Empty: cost × organization markup."
+        from console.selectors import current_rates
+
+        self.rates = current_rates(organization)
+        self.routes = (list(self.instance.routes.filter(enabled=True).select_related("physical_model__provider"))
+                       if self.instance.pk else [])
+        for name, cost_field in self.PRICE_COST.items():
+            costs = [self._cost_text(r.physical_model, cost_field) for r in self.routes]
+            costs = [c for c in costs if c]
+            self.fields[name].help_text = "Empty: cost × organization markup." + (
+                f" Routes cost: {'; '.join(costs)}." if costs else "")
+
+    def _cost_credits(self, pm, cost_field):
+        cost, rate = getattr(pm, cost_field), self.rates.get(pm.provider.currency)
+        return None if cost is None or rate is None else cost * rate
+
+    def _cost_text(self, pm, cost_field) -> str:
+        """"fake-a 1.5 USD = 150,000 credits" (the cost in both units)."""
+        cost = getattr(pm, cost_field)
+        if not cost:  # unpriced (None or 0): nothing to sell below
+            return ""
+        credits = self._cost_credits(pm, cost_field)
+        converted = f"{credits.normalize():,f} credits" if credits is not None else f"no rate for {pm.provider.currency}"
+        return f"{pm.upstream_model} {cost.normalize():f} {pm.provider.currency} = {converted}"
+
+    def clean(self):
+        data = super().clean()
+        losses = []
+        for name, cost_field in self.PRICE_COST.items():
+            price = data.get(name)
+            if price is None:
+                continue
+            for r in self.routes:
+                credits = self._cost_credits(r.physical_model, cost_field)
+                if credits is not None and credits > price:
+                    losses.append(f"{self.fields[name].label.replace('Sale price: ', '')}: "
+                                  f"{self._cost_text(r.physical_model, cost_field)} > price {price.normalize():,f} credits")
+        if losses and not data.get("confirm_loss"):
+            self.fields["confirm_loss"].widget = forms.CheckboxInput()
+            raise forms.ValidationError(
+                "This price sells below cost on %(n)s (%(which)s). Raise the price, or tick “Save anyway” below.",
+                params={"n": "a route" if len(losses) == 1 else f"{len(losses)} routes", "which": "; ".join(losses)})
+        data.pop("confirm_loss", None)
+        return data
 
     def clean_name(self):
         name = self.cleaned_data["name"]

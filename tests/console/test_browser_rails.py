@@ -43,3 +43,42 @@ def test_expired_session_sends_htmx_request_to_the_login_page_with_next(chromium
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.url}/console/providers/")
     context.close()
+
+
+@pytest.mark.parametrize("viewport", WIDTHS, ids=["1280", "390"])
+def test_selling_below_cost_warns_and_asks_for_confirmation(chromium_browser, server, viewport):
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from billing.models import ExchangeRate
+    from routing.models import LogicalModel
+
+    # given a route costing 1.5 USD (150,000 credits) per 1M output tokens
+    org, _ = merchant()
+    ExchangeRate.objects.create(organization=org, currency="USD", credits_per_unit=Decimal("100000"),
+                                effective_from=timezone.now() - timezone.timedelta(days=1))
+    pm = factories.make_physical_model(factories.make_provider(org, name="Up"), "fake-a",
+                                       output_cost_per_mtok=Decimal("1.5"))
+    lm = factories.make_logical_model(org, name="chat", routes=[pm])
+    context = chromium_browser.new_context(viewport=viewport)
+    page = context.new_page()
+    sign_in(page, server.url, "rails@example.com")
+    page.goto(f"{server.url}/console/models/logical/{lm.pk}/")
+    # when the merchant sets a sale price of 600 credits
+    page.get_by_role("link", name="Edit model & prices").click()
+    page.wait_for_selector("#modal form")
+    assert "fake-a 1.5 USD = 150,000 credits" in page.locator("#modal").inner_text()
+    page.fill("#modal #id_output_price_per_mtok", "600")
+    page.click("#modal button[type=submit]")
+    # then it is not saved: the modal says it sells below cost and asks to confirm
+    page.wait_for_selector("#modal .form-errors")
+    assert "sells below cost" in page.locator("#modal .form-errors").inner_text()
+    shot(page, f"22-loss-warning-{viewport['width']}")
+    assert LogicalModel.objects.get(pk=lm.pk).output_price_per_mtok is None
+    # and ticking "Save anyway" saves it
+    page.check("#modal #id_confirm_loss")
+    page.click("#modal button[type=submit]")
+    page.wait_for_selector(".toast")
+    assert LogicalModel.objects.get(pk=lm.pk).output_price_per_mtok == 600
+    context.close()

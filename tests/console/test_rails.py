@@ -30,3 +30,69 @@ def test_plain_request_without_session_still_gets_a_302(client):
     response = client.get("/console/providers/")
     assert response.status_code == 302
     assert response["Location"] == "/console/login/?next=/console/providers/"
+
+
+@pytest.fixture
+def lossy(org):
+    """A route costing 1.5 USD / 1M output tokens = 150,000 credits at 100,000 credits per USD."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from billing.models import ExchangeRate
+    from tests import factories
+
+    ExchangeRate.objects.create(organization=org, currency="USD", credits_per_unit=Decimal("100000"),
+                                effective_from=timezone.now() - timezone.timedelta(days=1))
+    provider = factories.make_provider(org, name="Up")
+    pm = factories.make_physical_model(provider, "fake-a", input_cost_per_mtok=Decimal("0.5"),
+                                       output_cost_per_mtok=Decimal("1.5"))
+    return factories.make_logical_model(org, name="chat", routes=[pm])
+
+
+def _lm_post(lm, **over):
+    data = {"name": lm.name, "description": "", "modality": lm.modality, "input_price_per_mtok": "",
+            "cached_input_price_per_mtok": "", "output_price_per_mtok": "", "price_per_second": "",
+            "default_max_output_tokens": "4096", "enabled": "on"}
+    data.update(over)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_sale_price_below_a_route_cost_is_refused_until_confirmed(owner_client, lossy):
+    url = f"/console/models/logical/{lossy.pk}/edit/"
+    # the form shows each price's equivalent cost of its routes, in the provider's currency and in credits
+    page = owner_client.get(url).content.decode()
+    assert "fake-a 1.5 USD = 150,000 credits" in page
+    # a price of 600 credits against a cost of 150,000 is not saved, and says why
+    response = owner_client.post(url, _lm_post(lossy, output_price_per_mtok="600"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    text = response.content.decode()
+    assert "sells below cost" in text and "150,000 credits" in text and "price 600 credits" in text
+    assert 'type="checkbox" name="confirm_loss"' in text
+    lossy.refresh_from_db()
+    assert lossy.output_price_per_mtok is None
+    # ticking "Save anyway" saves it
+    response = owner_client.post(url, _lm_post(lossy, output_price_per_mtok="600", confirm_loss="on"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    lossy.refresh_from_db()
+    assert lossy.output_price_per_mtok == 600
+
+
+def test_sale_price_above_cost_saves_without_confirmation(owner_client, lossy):
+    url = f"/console/models/logical/{lossy.pk}/edit/"
+    response = owner_client.post(url, _lm_post(lossy, input_price_per_mtok="60000", output_price_per_mtok="200000"),
+                                 HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+
+
+def test_dashboard_shows_negative_margin_as_a_loss_in_red(owner_client, world):
+    from billing.models import RequestLog
+    from tests.console.test_queries import make_logs
+
+    make_logs(world["mine"], 2)
+    page = owner_client.get("/console/").content.decode()
+    assert "data-loss" not in page  # 150 charged against 100 cost
+    RequestLog.objects.filter(organization=world["mine"]["ve"].organization).update(cost_credits=150_000, charge=600)
+    page = owner_client.get("/console/").content.decode()
+    assert page.count('class="neg" data-loss') == 3  # today, 7 days, 30 days
+    assert "· loss" in page
