@@ -218,29 +218,49 @@ class RouteInlineForm(forms.ModelForm):
         fields = ["priority", "weight", "enabled"]
 
 
-class CommaIntsField(forms.CharField):
+class MoneyAmountsField(forms.CharField):
+    """Amounts typed in the currency's units ("10, 50, 99.50"; "500" yen), cleaned to minor units."""
+
+    def __init__(self, *args, many: bool = False, **kw):
+        self.many, self.currency = many, "USD"
+        super().__init__(*args, **kw)
+
     def to_python(self, value):
+        from billing.currency import exponent, to_minor
+        from billing.money import MoneyError
+
         text = (super().to_python(value) or "").strip()
-        if not text:
-            return []
-        try:
-            numbers = [int(part.strip()) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise forms.ValidationError("Whole numbers separated by commas, e.g. 1000, 5000.") from None
-        if any(n <= 0 for n in numbers):
-            raise forms.ValidationError("Amounts must be positive.")
-        return numbers
+        parts = [p.strip() for p in text.split(",") if p.strip()] if self.many else ([text] if text else [])
+        places = exponent(self.currency)
+        example = "10, 50, 100" if not places else ("10, 50.50" if places == 2 else "5, 12.500")
+        amounts = []
+        for part in parts:
+            try:
+                minor = to_minor(part.replace("_", ""), self.currency)
+            except (MoneyError, ArithmeticError, ValueError):
+                raise forms.ValidationError(
+                    f"Amounts in {self.currency} with at most {places} decimal place{'s' if places != 1 else ''}, "
+                    f"e.g. {example}.") from None
+            if minor <= 0:
+                raise forms.ValidationError("Amounts must be positive.")
+            amounts.append(minor)
+        return amounts if self.many else (amounts[0] if amounts else None)
 
     def prepare_value(self, value):
+        from billing.currency import from_minor
+
         if isinstance(value, list):
-            return ", ".join(str(v) for v in value)
+            return ", ".join(f"{from_minor(v, self.currency)}" for v in value)
+        if isinstance(value, int):
+            return f"{from_minor(value, self.currency)}"
         return value
 
 
 class VirtualEndpointForm(forms.ModelForm):
-    checkout_amounts = CommaIntsField(
-        required=False, help_text="Top-up buttons on the checkout page, in cents (1000 = $10.00)."
-    )
+    checkout_amounts = MoneyAmountsField(many=True, required=False, label="Checkout amounts",
+                                         help_text="Top-up buttons on the checkout page, e.g. 10, 50, 100.")
+    checkout_min_amount = MoneyAmountsField(label="Smallest custom amount")
+    checkout_max_amount = MoneyAmountsField(label="Largest custom amount")
     low_balance_threshold = CreditsField(required=False, help_text="Credits. Alert below this balance; empty turns alerts off.")
 
     class Meta:
@@ -249,8 +269,7 @@ class VirtualEndpointForm(forms.ModelForm):
                   "exhaustion_mode", "checkout_amounts", "checkout_min_amount", "checkout_max_amount",
                   "low_balance_threshold", "status"]
         widgets = {"allowed_models": forms.CheckboxSelectMultiple}
-        help_texts = {"allowed_models": "Empty: none can be called yet.",
-                      "checkout_min_amount": "Cents, for custom amounts.", "checkout_max_amount": "Cents."}
+        help_texts = {"allowed_models": "Empty: none can be called yet."}
 
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
@@ -258,6 +277,28 @@ class VirtualEndpointForm(forms.ModelForm):
         self.fields["allowed_models"].queryset = LogicalModel.objects.filter(organization=organization)
         if self.initial.get("checkout_amounts") is None:
             self.initial["checkout_amounts"] = self.instance.checkout_amounts
+        # Amounts are typed in the checkout currency's units, not cents (zero-decimal ones too).
+        currency = ((self.instance.checkout_currencies or ["USD"])[0]).upper()
+        for name in ("checkout_amounts", "checkout_min_amount", "checkout_max_amount"):
+            self.fields[name].currency = currency
+            self.fields[name].label = f"{self.fields[name].label} ({currency})"
+        self.fields["checkout_min_amount"].help_text = "For an amount the payer types."
+
+    def clean(self):
+        data = super().clean()
+        low, high, presets = data.get("checkout_min_amount"), data.get("checkout_max_amount"), data.get("checkout_amounts")
+        if low is not None and high is not None and low > high:
+            self.add_error("checkout_max_amount", "Must be at least the smallest custom amount.")
+        elif low is not None and high is not None and presets:
+            outside = [p for p in presets if not low <= p <= high]
+            if outside:
+                from billing.currency import format_money
+
+                currency = self.fields["checkout_amounts"].currency
+                self.add_error("checkout_amounts", "Outside the custom range {}–{}: {}.".format(
+                    format_money(low, currency), format_money(high, currency),
+                    ", ".join(format_money(p, currency) for p in outside)))
+        return data
 
     def clean_low_balance_threshold(self):
         return self.cleaned_data.get("low_balance_threshold") or 0

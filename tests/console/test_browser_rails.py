@@ -82,3 +82,38 @@ def test_selling_below_cost_warns_and_asks_for_confirmation(chromium_browser, se
     page.wait_for_selector(".toast")
     assert LogicalModel.objects.get(pk=lm.pk).output_price_per_mtok == 600
     context.close()
+
+
+@pytest.mark.parametrize("viewport", WIDTHS, ids=["1280", "390"])
+def test_checkout_settings_in_dollars_refuse_min_above_max(chromium_browser, server, viewport):
+    from routing.models import VirtualEndpoint
+
+    # given a Virtual Endpoint with the default checkout settings
+    org, _ = merchant()
+    ve = factories.make_ve(org, name="Shop")
+    context = chromium_browser.new_context(viewport=viewport)
+    page = context.new_page()
+    sign_in(page, server.url, "rails@example.com")
+    page.goto(f"{server.url}/console/endpoints/{ve.pk}/")
+    # when the merchant opens Edit, the amounts read in dollars
+    page.locator(".page-head").get_by_role("link", name="Edit", exact=True).click()
+    page.wait_for_selector("#modal form")
+    assert page.input_value("#modal #id_checkout_min_amount") == "5.00"
+    # and a minimum of $50 above a maximum of $1 is refused where it was typed
+    page.fill("#modal #id_checkout_min_amount", "50")
+    page.fill("#modal #id_checkout_max_amount", "1")
+    page.click("#modal button[type=submit]")
+    page.wait_for_selector("#modal .has-error")
+    assert "Must be at least the smallest custom amount." in page.locator("#modal .has-error").inner_text()
+    shot(page, f"23-checkout-range-{viewport['width']}")
+    assert VirtualEndpoint.objects.get(pk=ve.pk).checkout_min_amount == 500
+    # and $50–$1,000 saves as minor units, once the $10 button is inside the range too
+    page.fill("#modal #id_checkout_max_amount", "1000")
+    page.click("#modal button[type=submit]")
+    page.wait_for_selector("#modal .has-error >> text=Outside the custom range $50.00–$1,000.00: $10.00.")
+    page.fill("#modal #id_checkout_amounts", "50, 100")
+    page.click("#modal button[type=submit]")
+    page.wait_for_selector(".toast")
+    saved = VirtualEndpoint.objects.get(pk=ve.pk)
+    assert (saved.checkout_amounts, saved.checkout_min_amount, saved.checkout_max_amount) == ([5000, 10000], 5000, 100000)
+    context.close()

@@ -96,3 +96,52 @@ def test_dashboard_shows_negative_margin_as_a_loss_in_red(owner_client, world):
     page = owner_client.get("/console/").content.decode()
     assert page.count('class="neg" data-loss') == 3  # today, 7 days, 30 days
     assert "· loss" in page
+
+
+def _ve_post(ve, **over):
+    data = {"name": ve.name, "description": "", "requests_per_minute": "", "tokens_per_minute": "",
+            "exhaustion_mode": ve.exhaustion_mode, "checkout_amounts": "10, 50, 100", "checkout_min_amount": "5",
+            "checkout_max_amount": "1000", "low_balance_threshold": "", "status": ve.status}
+    data.update(over)
+    return data
+
+
+def test_checkout_amounts_are_typed_in_the_currencys_units(owner_client, world):
+    ve = world["mine"]["ve"]
+    url = f"/console/endpoints/{ve.pk}/edit/"
+    page = owner_client.get(url).content.decode()
+    assert 'value="10.00, 50.00, 100.00"' in page and 'value="5.00"' in page and "(USD)" in page
+    response = owner_client.post(url, _ve_post(ve, checkout_amounts="20, 75.50", checkout_min_amount="12.5"),
+                                 HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    ve.refresh_from_db()
+    assert (ve.checkout_amounts, ve.checkout_min_amount, ve.checkout_max_amount) == ([2000, 7550], 1250, 100000)
+
+
+def test_checkout_min_above_max_and_presets_outside_the_range_are_refused(owner_client, world):
+    ve = world["mine"]["ve"]
+    url = f"/console/endpoints/{ve.pk}/edit/"
+    response = owner_client.post(url, _ve_post(ve, checkout_min_amount="50", checkout_max_amount="1"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    assert "Must be at least the smallest custom amount." in response.content.decode()
+    response = owner_client.post(url, _ve_post(ve, checkout_amounts="10, 999999.99"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    assert "Outside the custom range $5.00–$1,000.00: $999,999.99." in response.content.decode()
+    response = owner_client.post(url, _ve_post(ve, checkout_amounts="10.005"), HTTP_HX_REQUEST="true")
+    assert "at most 2 decimal places" in response.content.decode()
+    ve.refresh_from_db()
+    assert (ve.checkout_amounts, ve.checkout_min_amount, ve.checkout_max_amount) == ([1000, 5000, 10000], 500, 100000)
+
+
+def test_zero_decimal_checkout_currency_takes_whole_units(owner_client, world):
+    ve = world["mine"]["ve"]
+    ve.checkout_currencies = ["JPY"]
+    ve.save(update_fields=["checkout_currencies"])
+    url = f"/console/endpoints/{ve.pk}/edit/"
+    response = owner_client.post(url, _ve_post(ve, checkout_amounts="1000, 5000", checkout_min_amount="500",
+                                               checkout_max_amount="100000"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    ve.refresh_from_db()
+    assert (ve.checkout_amounts, ve.checkout_min_amount) == ([1000, 5000], 500)
+    response = owner_client.post(url, _ve_post(ve, checkout_amounts="10.5"), HTTP_HX_REQUEST="true")
+    assert "Amounts in JPY with at most 0 decimal places" in response.content.decode()
