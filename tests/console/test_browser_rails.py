@@ -117,3 +117,33 @@ def test_checkout_settings_in_dollars_refuse_min_above_max(chromium_browser, ser
     saved = VirtualEndpoint.objects.get(pk=ve.pk)
     assert (saved.checkout_amounts, saved.checkout_min_amount, saved.checkout_max_amount) == ([5000, 10000], 5000, 100000)
     context.close()
+
+
+@pytest.mark.parametrize("viewport", WIDTHS, ids=["1280", "390"])
+def test_key_created_modal_warns_before_closing_and_the_list_shows_the_new_key(chromium_browser, server, viewport):
+    # given a Virtual Endpoint without keys
+    org, _ = merchant()
+    ve = factories.make_ve(org, name="Shop")
+    context = chromium_browser.new_context(viewport=viewport)
+    page = context.new_page()
+    sign_in(page, server.url, "rails@example.com")
+    page.goto(f"{server.url}/console/endpoints/{ve.pk}/")
+    # when the merchant creates a key and presses Escape
+    page.get_by_role("link", name="+ New key").click()
+    page.wait_for_selector("#modal form")
+    page.fill("#modal #id_name", "backend")
+    page.click("#modal button[type=submit]")
+    secret = page.locator("[data-secret]").inner_text()
+    page.keyboard.press("Escape")
+    # then the secret stays on screen with a warning
+    assert page.locator("[data-secret]").inner_text() == secret
+    assert page.locator("[data-close-warning]").is_visible()
+    assert "loses the key" in page.locator("[data-close-warning]").inner_text()
+    shot(page, f"24-key-close-warning-{viewport['width']}")
+    # and a second try (a click outside) closes it, and the key list shows the new key, without its secret
+    page.locator(".modal-backdrop").click(position={"x": 3, "y": 3})
+    page.wait_for_selector("#modal .modal", state="detached")
+    page.wait_for_load_state()
+    page.wait_for_selector("text=backend")
+    assert secret not in page.content()
+    context.close()
