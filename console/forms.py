@@ -280,6 +280,8 @@ class VirtualEndpointForm(forms.ModelForm):
         # Amounts are typed in the checkout currency's units, not cents (zero-decimal ones too).
         currency = ((self.instance.checkout_currencies or ["USD"])[0]).upper()
         for name in ("checkout_amounts", "checkout_min_amount", "checkout_max_amount"):
+            if self.initial.get(name) is None:  # a new endpoint: the model's defaults
+                self.initial[name] = getattr(self.instance, name)
             self.fields[name].currency = currency
             self.fields[name].label = f"{self.fields[name].label} ({currency})"
         self.fields["checkout_min_amount"].help_text = "For an amount the payer types."

@@ -147,3 +147,37 @@ def test_key_created_modal_warns_before_closing_and_the_list_shows_the_new_key(c
     page.wait_for_selector("text=backend")
     assert secret not in page.content()
     context.close()
+
+
+@pytest.mark.parametrize("viewport", WIDTHS, ids=["1280", "390"])
+def test_invalid_inline_route_edit_says_why_where_it_was_typed(chromium_browser, server, viewport):
+    from decimal import Decimal
+
+    from routing.models import Route
+
+    # given a logical model with one route of weight 1
+    org, _ = merchant()
+    pm = factories.make_physical_model(factories.make_provider(org, name="Up"), "fake-a")
+    lm = factories.make_logical_model(org, name="chat", routes=[pm])
+    context = chromium_browser.new_context(viewport=viewport)
+    page = context.new_page()
+    sign_in(page, server.url, "rails@example.com")
+    page.goto(f"{server.url}/console/models/logical/{lm.pk}/")
+    # when the merchant types a weight of -3 and leaves the box
+    weight = page.locator("tr[data-route] input[name=weight]")
+    weight.fill("-3")
+    weight.press("Tab")
+    # then the row says why it was not saved, and the box still shows what was typed
+    error = page.locator("tr[data-route] [data-route-error]")
+    error.wait_for()
+    assert "Weight" in error.inner_text() and "greater than or equal to 0" in error.inner_text()
+    assert page.locator("tr[data-route] input[name=weight]").input_value() == "-3"
+    assert page.locator("tr[data-route] input[name=weight]").get_attribute("aria-invalid") == "true"
+    shot(page, f"25-inline-error-{viewport['width']}")
+    assert Route.objects.get(logical_model=lm).weight == Decimal("1")
+    # and a valid weight then saves, and the error goes
+    page.locator("tr[data-route] input[name=weight]").fill("2")
+    page.locator("tr[data-route] input[name=weight]").press("Tab")
+    page.wait_for_selector("tr[data-route] [data-route-error]", state="detached")
+    assert Route.objects.get(logical_model=lm).weight == Decimal("2")
+    context.close()

@@ -145,3 +145,8 @@ def test_zero_decimal_checkout_currency_takes_whole_units(owner_client, world):
     assert (ve.checkout_amounts, ve.checkout_min_amount) == ([1000, 5000], 500)
     response = owner_client.post(url, _ve_post(ve, checkout_amounts="10.5"), HTTP_HX_REQUEST="true")
     assert "Amounts in JPY with at most 0 decimal places" in response.content.decode()
+
+
+def test_new_endpoint_form_offers_the_default_checkout_amounts_in_dollars(owner_client):
+    html = owner_client.get("/console/endpoints/new/").content.decode()
+    assert 'name="checkout_min_amount" value="5.00"' in html and 'name="checkout_max_amount" value="1000.00"' in html
