@@ -181,3 +181,22 @@ def test_invalid_inline_route_edit_says_why_where_it_was_typed(chromium_browser,
     page.wait_for_selector("tr[data-route] [data-route-error]", state="detached")
     assert Route.objects.get(logical_model=lm).weight == Decimal("2")
     context.close()
+
+
+@pytest.mark.parametrize("viewport", WIDTHS, ids=["1280", "390"])
+def test_only_owner_demoting_themselves_is_told_what_to_do(chromium_browser, server, viewport):
+    # given an organization with one owner
+    merchant()
+    context = chromium_browser.new_context(viewport=viewport)
+    page = context.new_page()
+    sign_in(page, server.url, "rails@example.com")
+    page.goto(f"{server.url}/console/members/")
+    # when they make themselves a viewer
+    page.select_option("select[name=role]", "viewer")
+    # then they stay on the members page, still owner, told what to do (not a bare 403)
+    page.wait_for_selector(".toast-error")
+    assert page.url == f"{server.url}/console/members/"
+    assert "Make another member Owner first" in page.locator(".toast-error").inner_text()
+    assert page.locator(".sidebar").get_by_text("Owner").count() == 1
+    shot(page, f"26-last-owner-{viewport['width']}")
+    context.close()

@@ -150,3 +150,22 @@ def test_zero_decimal_checkout_currency_takes_whole_units(owner_client, world):
 def test_new_endpoint_form_offers_the_default_checkout_amounts_in_dollars(owner_client):
     html = owner_client.get("/console/endpoints/new/").content.decode()
     assert 'name="checkout_min_amount" value="5.00"' in html and 'name="checkout_max_amount" value="1000.00"' in html
+
+
+def test_a_role_too_low_gets_the_consoles_own_403_page_saying_what_to_do(as_role):
+    response = as_role("viewer").get("/console/providers/new/")
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "data-error-page" in html and "ask an owner of your organization" in html and "Back to the console" in html
+
+
+def test_csrf_failure_is_the_consoles_own_page(members):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(members["owner"])
+    response = client.post("/console/providers/new/", {"name": "x"})
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "This form has expired" in html and "reload the page" in html and "data-error-page" in html
+    assert "CSRF verification failed" not in html
