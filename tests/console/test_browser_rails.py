@@ -200,3 +200,33 @@ def test_only_owner_demoting_themselves_is_told_what_to_do(chromium_browser, ser
     assert page.locator(".sidebar").get_by_text("Owner").count() == 1
     shot(page, f"26-last-owner-{viewport['width']}")
     context.close()
+
+
+def test_phone_menu_and_skip_link_work_from_the_keyboard(chromium_browser, server):
+    # given a merchant on a phone
+    merchant()
+    context = chromium_browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    sign_in(page, server.url, "rails@example.com")
+    # when they press Tab, the first stop is the skip link, which moves focus to the content
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    # and from the top, the second stop is the menu toggle, exposed with a name; Space opens the menu
+    page.reload()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "nav-toggle"
+    assert page.get_by_role("checkbox", name="Menu").count() == 1
+    assert not page.locator(".sidebar").get_by_role("link", name="Providers").is_visible()
+    page.keyboard.press("Space")
+    page.locator(".sidebar").get_by_role("link", name="Providers").wait_for(state="visible")
+    from tests.console.test_browser import SHOTS
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "27-phone-menu-keyboard-390.png"))
+    # and the sidebar's muted text has at least 4.5:1 contrast
+    color = page.evaluate("getComputedStyle(document.querySelector('.sidebar .org-switch .muted')).color")
+    assert color == "rgb(169, 176, 199)", color
+    context.close()
