@@ -225,6 +225,7 @@ def test_phone_menu_and_skip_link_work_from_the_keyboard(chromium_browser, serve
     from tests.console.test_browser import SHOTS
 
     SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(400)  # the slide-in transition (0.2 s) ends
     page.screenshot(path=str(SHOTS / "27-phone-menu-keyboard-390.png"))
     # and the sidebar's muted text has at least 4.5:1 contrast
     color = page.evaluate("getComputedStyle(document.querySelector('.sidebar .org-switch .muted')).color")
