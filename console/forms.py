@@ -136,12 +136,60 @@ class LogicalModelForm(forms.ModelForm):
                   "unsupported_params": "Parameters a provider cannot take"}
         help_texts = {"name": "What clients put in \"model\", e.g. gpt-4o-mini or chat-fast."}
 
+    # Sale price field -> the physical model's cost field it is compared with.
+    PRICE_COST = {"input_price_per_mtok": "input_cost_per_mtok", "cached_input_price_per_mtok": "cached_input_cost_per_mtok",
+                  "output_price_per_mtok": "output_cost_per_mtok", "price_per_second": "audio_cost_per_second"}
+
+    confirm_loss = forms.BooleanField(required=False, widget=forms.HiddenInput,
+                                      label="Save anyway: I mean to sell below cost on the routes above")
+
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
         self.instance.organization = organization
         self.fields["unsupported_params"].required = False  # left out of a post: the default, drop
-        for name in ("input_price_per_mtok", "cached_input_price_per_mtok", "output_price_per_mtok", "price_per_second"):
-            self.fields[name].help_text = "Empty: cost × organization markup."
+        from console.selectors import current_rates
+
+        self.rates = current_rates(organization)
+        self.routes = (list(self.instance.routes.filter(enabled=True).select_related("physical_model__provider"))
+                       if self.instance.pk else [])
+        for name, cost_field in self.PRICE_COST.items():
+            costs = [self._cost_text(r.physical_model, cost_field) for r in self.routes]
+            costs = [c for c in costs if c]
+            self.fields[name].help_text = "Empty: cost × organization markup." + (
+                f" Routes cost: {'; '.join(costs)}." if costs else "")
+
+    def _cost_credits(self, pm, cost_field):
+        cost, rate = getattr(pm, cost_field), self.rates.get(pm.provider.currency)
+        return None if cost is None or rate is None else cost * rate
+
+    def _cost_text(self, pm, cost_field) -> str:
+        """"fake-a 1.5 USD = 150,000 credits" (the cost in both units)."""
+        cost = getattr(pm, cost_field)
+        if not cost:  # unpriced (None or 0): nothing to sell below
+            return ""
+        credits = self._cost_credits(pm, cost_field)
+        converted = f"{credits.normalize():,f} credits" if credits is not None else f"no rate for {pm.provider.currency}"
+        return f"{pm.upstream_model} {cost.normalize():f} {pm.provider.currency} = {converted}"
+
+    def clean(self):
+        data = super().clean()
+        losses = []
+        for name, cost_field in self.PRICE_COST.items():
+            price = data.get(name)
+            if price is None:
+                continue
+            for r in self.routes:
+                credits = self._cost_credits(r.physical_model, cost_field)
+                if credits is not None and credits > price:
+                    losses.append(f"{self.fields[name].label.replace('Sale price: ', '')}: "
+                                  f"{self._cost_text(r.physical_model, cost_field)} > price {price.normalize():,f} credits")
+        if losses and not data.get("confirm_loss"):
+            self.fields["confirm_loss"].widget = forms.CheckboxInput()
+            raise forms.ValidationError(
+                "This price sells below cost on %(n)s (%(which)s). Raise the price, or tick “Save anyway” below.",
+                params={"n": "a route" if len(losses) == 1 else f"{len(losses)} routes", "which": "; ".join(losses)})
+        data.pop("confirm_loss", None)
+        return data
 
     def clean_unsupported_params(self):
         return self.cleaned_data.get("unsupported_params") or UnsupportedParams.DROP
@@ -176,29 +224,49 @@ class RouteInlineForm(forms.ModelForm):
         fields = ["priority", "weight", "enabled"]
 
 
-class CommaIntsField(forms.CharField):
+class MoneyAmountsField(forms.CharField):
+    """Amounts typed in the currency's units ("10, 50, 99.50"; "500" yen), cleaned to minor units."""
+
+    def __init__(self, *args, many: bool = False, **kw):
+        self.many, self.currency = many, "USD"
+        super().__init__(*args, **kw)
+
     def to_python(self, value):
+        from billing.currency import exponent, to_minor
+        from billing.money import MoneyError
+
         text = (super().to_python(value) or "").strip()
-        if not text:
-            return []
-        try:
-            numbers = [int(part.strip()) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise forms.ValidationError("Whole numbers separated by commas, e.g. 1000, 5000.") from None
-        if any(n <= 0 for n in numbers):
-            raise forms.ValidationError("Amounts must be positive.")
-        return numbers
+        parts = [p.strip() for p in text.split(",") if p.strip()] if self.many else ([text] if text else [])
+        places = exponent(self.currency)
+        example = "10, 50, 100" if not places else ("10, 50.50" if places == 2 else "5, 12.500")
+        amounts = []
+        for part in parts:
+            try:
+                minor = to_minor(part.replace("_", ""), self.currency)
+            except (MoneyError, ArithmeticError, ValueError):
+                raise forms.ValidationError(
+                    f"Amounts in {self.currency} with at most {places} decimal place{'s' if places != 1 else ''}, "
+                    f"e.g. {example}.") from None
+            if minor <= 0:
+                raise forms.ValidationError("Amounts must be positive.")
+            amounts.append(minor)
+        return amounts if self.many else (amounts[0] if amounts else None)
 
     def prepare_value(self, value):
+        from billing.currency import from_minor
+
         if isinstance(value, list):
-            return ", ".join(str(v) for v in value)
+            return ", ".join(f"{from_minor(v, self.currency)}" for v in value)
+        if isinstance(value, int):
+            return f"{from_minor(value, self.currency)}"
         return value
 
 
 class VirtualEndpointForm(forms.ModelForm):
-    checkout_amounts = CommaIntsField(
-        required=False, help_text="Top-up buttons on the checkout page, in cents (1000 = $10.00)."
-    )
+    checkout_amounts = MoneyAmountsField(many=True, required=False, label="Checkout amounts",
+                                         help_text="Top-up buttons on the checkout page, e.g. 10, 50, 100.")
+    checkout_min_amount = MoneyAmountsField(label="Smallest custom amount")
+    checkout_max_amount = MoneyAmountsField(label="Largest custom amount")
     low_balance_threshold = CreditsField(required=False, help_text="Credits. Alert below this balance; empty turns alerts off.")
 
     class Meta:
@@ -207,8 +275,7 @@ class VirtualEndpointForm(forms.ModelForm):
                   "exhaustion_mode", "checkout_amounts", "checkout_min_amount", "checkout_max_amount",
                   "low_balance_threshold", "status", "portal_enabled", "portal_email", "portal_manage_keys"]
         widgets = {"allowed_models": forms.CheckboxSelectMultiple}
-        help_texts = {"allowed_models": "Empty: none can be called yet.",
-                      "checkout_min_amount": "Cents, for custom amounts.", "checkout_max_amount": "Cents."}
+        help_texts = {"allowed_models": "Empty: none can be called yet."}
 
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
@@ -216,6 +283,30 @@ class VirtualEndpointForm(forms.ModelForm):
         self.fields["allowed_models"].queryset = LogicalModel.objects.filter(organization=organization)
         if self.initial.get("checkout_amounts") is None:
             self.initial["checkout_amounts"] = self.instance.checkout_amounts
+        # Amounts are typed in the checkout currency's units, not cents (zero-decimal ones too).
+        currency = ((self.instance.checkout_currencies or ["USD"])[0]).upper()
+        for name in ("checkout_amounts", "checkout_min_amount", "checkout_max_amount"):
+            if self.initial.get(name) is None:  # a new endpoint: the model's defaults
+                self.initial[name] = getattr(self.instance, name)
+            self.fields[name].currency = currency
+            self.fields[name].label = f"{self.fields[name].label} ({currency})"
+        self.fields["checkout_min_amount"].help_text = "For an amount the payer types."
+
+    def clean(self):
+        data = super().clean()
+        low, high, presets = data.get("checkout_min_amount"), data.get("checkout_max_amount"), data.get("checkout_amounts")
+        if low is not None and high is not None and low > high:
+            self.add_error("checkout_max_amount", "Must be at least the smallest custom amount.")
+        elif low is not None and high is not None and presets:
+            outside = [p for p in presets if not low <= p <= high]
+            if outside:
+                from billing.currency import format_money
+
+                currency = self.fields["checkout_amounts"].currency
+                self.add_error("checkout_amounts", "Outside the custom range {}–{}: {}.".format(
+                    format_money(low, currency), format_money(high, currency),
+                    ", ".join(format_money(p, currency) for p in outside)))
+        return data
 
     def clean_low_balance_threshold(self):
         return self.cleaned_data.get("low_balance_threshold") or 0

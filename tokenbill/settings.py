@@ -33,6 +33,7 @@ ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "*" if DEBUG else "localhost,127.0.0.1,
 if GATEWAY_BASE_DOMAIN and "*" not in ALLOWED_HOSTS:
     ALLOWED_HOSTS.append(f".{GATEWAY_BASE_DOMAIN}")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", PUBLIC_BASE_URL)
+CSRF_FAILURE_VIEW = "console.views.common.csrf_failure"  # the console's own page, saying what to do
 
 # daphne is not listed here on purpose: it only replaces `runserver`, and as an app it
 # imports Twisted into every gateway worker (+150 ms start, more memory). Serve with

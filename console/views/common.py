@@ -59,3 +59,11 @@ def paginate(request, queryset, per_page: int = 50):
     """Page of a queryset with LIMIT/OFFSET; count() is one query."""
     paginator = Paginator(queryset, per_page)
     return paginator.get_page(request.GET.get("page"))
+
+
+def csrf_failure(request, reason: str = ""):
+    """settings.CSRF_FAILURE_VIEW: the console's own page (not Django's), saying what to do."""
+    return render(request, "console/error.html", {
+        "title": "This form has expired",
+        "text": "The page was open too long, or you signed in or out in another tab. Go back, reload the page and "
+                "submit the form again.", "status": 403}, status=403)

@@ -170,8 +170,14 @@ def route_edit(request, pk: int):
         services.RouteSpec(physical_model=r.physical_model, **form.cleaned_data) if r.pk == route.pk else spec
         for r, spec in zip(_ordered(lm), _specs(lm))
     ])
-    error = "" if saved else " ".join(str(e) for errors in form.errors.values() for e in errors)
-    return _routes_fragment(request, lm, status=200 if saved else 422, error=error)
+    if saved:
+        return _routes_fragment(request, lm)
+    # The error shows in the row it was typed in, with what was typed (not the saved value).
+    error = " ".join((f"{form.fields[f].label}: " if f in form.fields else "") + str(e)
+                     for f, errors in form.errors.items() for e in errors)
+    return _routes_fragment(request, lm, status=422, error=error, route=route.pk,
+                            typed={"priority": request.POST.get("priority", ""), "weight": request.POST.get("weight", "")},
+                            fields=list(form.errors))
 
 
 @console_view(read=Role.ADMIN, write=Role.ADMIN)
@@ -198,10 +204,15 @@ def _replace_routes(form, lm: LogicalModel, specs: list) -> bool:
     return apply_service(form, services.logical_model_update, logical_model=lm, routes=specs) is not None
 
 
-def _routes_fragment(request, lm: LogicalModel, status: int = 200, error: str = ""):
+def _routes_fragment(request, lm: LogicalModel, status: int = 200, error: str = "", route: int | None = None,
+                     typed: dict | None = None, fields: list | None = None):
     if not request.htmx:
         return done(request, reverse("console:logical_detail", args=[lm.pk]))
     lm = LogicalModel.objects.prefetch_related(
         Prefetch("routes", queryset=Route.objects.select_related("physical_model__provider"))).get(pk=lm.pk)
-    return render_page(request, DETAIL, {**_detail_context(request, lm), "route_error": error}, partial="_routes",
+    context = _detail_context(request, lm)
+    for row in context["rows"]:
+        row["bad"] = row["route"].pk == route
+    return render_page(request, DETAIL, {**context, "route_error": error, "error_route": route,
+                                         "typed": typed or {}, "error_fields": fields or []}, partial="_routes",
                        status=status)

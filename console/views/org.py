@@ -104,7 +104,9 @@ def member_role(request, pk: int):
     membership = org_get(Membership.objects.select_related("user"), request=request, pk=pk)
     form = MemberRoleForm(request.POST)
     if form.is_valid():
-        _guard_last_owner(membership, new_role=form.cleaned_data["role"])
+        if _is_last_owner(membership, new_role=form.cleaned_data["role"]):
+            messages.error(request, LAST_OWNER)
+            return done(request, reverse("console:members"))
         membership.role = form.cleaned_data["role"]
         membership.save(update_fields=["role"])
         messages.success(request, f"{membership.user.email or membership.user.username} is now {membership.get_role_display()}.")
@@ -115,9 +117,23 @@ def member_role(request, pk: int):
 @require_POST
 def member_remove(request, pk: int):
     membership = org_get(Membership.objects.select_related("user"), request=request, pk=pk)
-    _guard_last_owner(membership, new_role=None)
+    if _is_last_owner(membership, new_role=None):
+        messages.error(request, LAST_OWNER)
+        return done(request, reverse("console:members"))
     membership.delete()
     return done(request, reverse("console:members"), "Member removed.")
+
+
+LAST_OWNER = ("Not changed: an organization needs at least one owner. Make another member Owner first, "
+              "then change or remove this one.")
+
+
+def _is_last_owner(membership: Membership, new_role) -> bool:
+    try:
+        _guard_last_owner(membership, new_role)
+    except PermissionDenied:
+        return True
+    return False
 
 
 def _guard_last_owner(membership: Membership, new_role) -> None:

@@ -20,6 +20,27 @@
     try { document.execCommand("copy"); } catch (e) { /* nothing else to try */ }
     document.body.removeChild(ta);
   }
+  // Escape, a backdrop click or a close button empties the modal and the drawer. A modal
+  // showing a secret once (key created) first warns, and closes on the second try; then the
+  // page reloads so its list shows the new key.
+  function closeOverlays() {
+    var host = document.getElementById("modal");
+    var secretModal = host && host.querySelector("[data-secret]") && host.querySelector(".modal");
+    if (secretModal) {
+      if (!secretModal.hasAttribute("data-close-armed")) {
+        secretModal.setAttribute("data-close-armed", "");
+        var warning = secretModal.querySelector("[data-close-warning]");
+        if (warning) { warning.hidden = false; warning.focus(); }
+        return;
+      }
+      var doneLink = secretModal.querySelector("[data-done]");
+      host.innerHTML = "";
+      if (doneLink) window.location.href = doneLink.href; else window.location.reload();
+      return;
+    }
+    if (host) host.innerHTML = "";
+    var drawer = document.getElementById("drawer"); if (drawer) drawer.innerHTML = "";
+  }
   document.addEventListener("click", function (ev) {
     var btn = ev.target.closest("[data-copy],[data-copy-from]");
     if (btn) {
@@ -34,12 +55,7 @@
       return;
     }
     var close = ev.target.closest("[data-close-modal]");
-    if (close || ev.target.classList.contains("modal-backdrop")) {
-      var host = document.getElementById("modal");
-      if (host) host.innerHTML = "";
-      var drawer = document.getElementById("drawer");
-      if (drawer) drawer.innerHTML = "";
-    }
+    if (close || ev.target.classList.contains("modal-backdrop")) closeOverlays();
     var tab = ev.target.closest("[data-tab]");
     if (tab) {
       var group = tab.closest("[data-tabs]");
@@ -50,10 +66,7 @@
     }
   });
   document.addEventListener("keydown", function (ev) {
-    if (ev.key === "Escape") {
-      var host = document.getElementById("modal"); if (host) host.innerHTML = "";
-      var drawer = document.getElementById("drawer"); if (drawer) drawer.innerHTML = "";
-    }
+    if (ev.key === "Escape") closeOverlays();
   });
   // A 403/404 from an htmx request shows a toast instead of silently doing nothing.
   document.addEventListener("htmx:responseError", function (ev) {

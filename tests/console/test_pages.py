@@ -218,8 +218,10 @@ def test_last_owner_cannot_be_demoted(owner_client, org, members):
 
     # there are 1 owner + others in `members`; demote the only owner
     owner = Membership.objects.get(organization=org, role="owner")
-    response = owner_client.post(reverse("console:member_role", args=[owner.pk]), {"role": "viewer"})
-    assert response.status_code == 403
+    response = owner_client.post(reverse("console:member_role", args=[owner.pk]), {"role": "viewer"}, follow=True)
+    # back on the members page, with a sentence that says what to do (issue 21: not a bare 403)
+    assert response.redirect_chain[-1][0] == reverse("console:members")
+    assert "Make another member Owner first" in response.content.decode()
     owner.refresh_from_db()
     assert owner.role == "owner"
 
