@@ -157,7 +157,8 @@ class ProviderAdmin(ConfigChangingAdmin):
 
 @admin.register(PhysicalModel)
 class PhysicalModelAdmin(ConfigChangingAdmin):
-    list_display = ["upstream_model", "provider", "modality", "input_cost_per_mtok", "output_cost_per_mtok", "enabled"]
+    list_display = ["upstream_model", "provider", "modality", "input_cost_per_mtok", "output_cost_per_mtok",
+                    "output_limit_parameter", "max_output_tokens", "enabled"]
     list_filter = ["modality", "enabled", "provider__kind", "provider__organization"]
     search_fields = ["upstream_model", "provider__name"]
     list_select_related = ["provider"]

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from routing import output_limits
 from routing.breaker import breaker
 from routing.snapshot import (
     AccessKeySnap,
@@ -87,6 +88,9 @@ def _physical_model_snaps(providers: dict[int, ProviderSnap]) -> dict[int, Physi
             input_cost_per_mtok=pm.input_cost_per_mtok, cached_input_cost_per_mtok=pm.cached_input_cost_per_mtok,
             cache_write_cost_per_mtok=pm.cache_write_cost_per_mtok, output_cost_per_mtok=pm.output_cost_per_mtok,
             image_costs=_decimal_map(pm.image_costs), audio_cost_per_second=pm.audio_cost_per_second,
+            limit_parameter=output_limits.parameter(providers[pm.provider_id].kind, pm.upstream_model,
+                                                    pm.output_limit_parameter),
+            max_output_tokens=output_limits.cap(pm.upstream_model, pm.max_output_tokens),
         )
     return snaps
 

@@ -162,6 +162,12 @@ def _sale_price_field(help_text: str):
     )
 
 
+class OutputLimitParameter(models.TextChoices):
+    AUTO = "", "By model name"
+    MAX_TOKENS = "max_tokens", "max_tokens"
+    MAX_COMPLETION_TOKENS = "max_completion_tokens", "max_completion_tokens (OpenAI reasoning models)"
+
+
 class PhysicalModel(models.Model):
     """One model on one provider, with its cost per unit in the provider's currency."""
 
@@ -175,6 +181,15 @@ class PhysicalModel(models.Model):
     # {"1024x1024": {"standard": "0.04", "hd": "0.08"}, ...}: decimal strings, provider currency.
     image_costs = models.JSONField(default=dict, blank=True)
     audio_cost_per_second = _price_field("Cost per second of audio, provider currency.")
+    # Output limits (routing/output_limits.py): empty = the default by upstream model name.
+    output_limit_parameter = models.CharField(
+        max_length=32, blank=True, default="", choices=OutputLimitParameter.choices,
+        help_text="How an output limit is sent to an OpenAI-format upstream; empty: by model name "
+                  "(max_completion_tokens for o1/o3/o4/gpt-5 reasoning models).")
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="The model's own output cap; empty: by model name. Sizes the hold of a call that "
+                  "names no limit, and is Anthropic's required max_tokens then.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

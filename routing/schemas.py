@@ -15,7 +15,7 @@ from ninja import Field, Schema
 from pydantic import PlainSerializer
 
 from billing.money import format_credits
-from routing.models import ExhaustionMode, EndpointStatus, Modality, ProviderKind
+from routing.models import ExhaustionMode, EndpointStatus, Modality, OutputLimitParameter, ProviderKind
 
 
 def decimal_text(value: Decimal | None) -> str | None:
@@ -34,6 +34,7 @@ NonNegative = Annotated[Decimal, Field(ge=0, max_digits=30, decimal_places=10)]
 
 ProviderKindT = Literal[tuple(ProviderKind.values)]  # type: ignore[valid-type]
 ModalityT = Literal[tuple(Modality.values)]  # type: ignore[valid-type]
+LimitParameterT = Literal[tuple(OutputLimitParameter.values)]  # type: ignore[valid-type]
 ExhaustionModeT = Literal[tuple(ExhaustionMode.values)]  # type: ignore[valid-type]
 StatusT = Literal[tuple(EndpointStatus.values)]  # type: ignore[valid-type]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -100,6 +101,8 @@ class PhysicalModelOut(Schema):
     output_cost_per_mtok: DecimalText
     image_costs: dict
     audio_cost_per_second: DecimalText
+    output_limit_parameter: str
+    max_output_tokens: int | None
     enabled: bool
 
 
@@ -113,6 +116,10 @@ class PhysicalModelIn(Schema):
     output_cost_per_mtok: NonNegative = Decimal("0")
     image_costs: dict = {}
     audio_cost_per_second: NonNegative = Decimal("0")
+    output_limit_parameter: LimitParameterT = Field("", description="'' (by model name), max_tokens or "
+                                                    "max_completion_tokens (OpenAI reasoning models).")
+    max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="The model's output cap; "
+                                          "null: by model name.")
     enabled: bool = True
 
 
@@ -125,6 +132,8 @@ class PhysicalModelPatch(Schema):
     output_cost_per_mtok: NonNegative | None = None
     image_costs: dict | None = None
     audio_cost_per_second: NonNegative | None = None
+    output_limit_parameter: LimitParameterT | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     enabled: bool | None = None
 
 

@@ -208,7 +208,8 @@ def provider_delete(*, provider: Provider) -> None:
 
 PHYSICAL_MODEL_FIELDS = frozenset(
     {"upstream_model", "modality", "input_cost_per_mtok", "cached_input_cost_per_mtok", "cache_write_cost_per_mtok",
-     "output_cost_per_mtok", "image_costs", "audio_cost_per_second", "enabled"}
+     "output_cost_per_mtok", "image_costs", "audio_cost_per_second", "output_limit_parameter", "max_output_tokens",
+     "enabled"}
 )
 
 

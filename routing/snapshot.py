@@ -40,6 +40,10 @@ class PhysicalModelSnap:
     output_cost_per_mtok: Decimal
     image_costs: dict  # {"1024x1024": {"standard": Decimal, ...}}
     audio_cost_per_second: Decimal
+    # Resolved (routing/output_limits.py): how an OpenAI-format upstream takes an output
+    # limit, and the model's own output cap (the worst case of a call naming no limit).
+    limit_parameter: str = "max_tokens"
+    max_output_tokens: int = 32_768
 
 
 @dataclass(frozen=True, slots=True)
