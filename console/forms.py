@@ -65,10 +65,11 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "api_key", "api_version", "currency", "connect_timeout", "read_timeout", "enabled"]
+        fields = ["name", "kind", "base_url", "api_key", "api_version", "currency", "connect_timeout",
+                  "first_byte_timeout", "read_timeout", "enabled"]
         widgets = {"base_url": forms.URLInput(attrs={"placeholder": "https://api.openai.com/v1"})}
         labels = {"base_url": "Base URL", "api_version": "API version", "connect_timeout": "Connect timeout (s)",
-                  "read_timeout": "Read timeout (s)"}
+                  "first_byte_timeout": "First-byte timeout (s)", "read_timeout": "Stream silence timeout (s)"}
 
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
@@ -128,7 +129,8 @@ class LogicalModelForm(forms.ModelForm):
     class Meta:
         model = LogicalModel
         fields = ["name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
-                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "enabled"]
+                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "fallback_on_timeout",
+                  "enabled"]
         labels = {"input_price_per_mtok": "Sale price: input / 1M (credits)",
                   "cached_input_price_per_mtok": "Sale price: cached input / 1M",
                   "output_price_per_mtok": "Sale price: output / 1M (credits)",

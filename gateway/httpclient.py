@@ -67,6 +67,10 @@ class UpstreamProtocolError(ConnectionError):
     """The upstream's answer is not valid HTTP/1.1."""
 
 
+class ConnectTimeout(asyncio.TimeoutError):
+    """No connection within the connect timeout: the request was never sent."""
+
+
 _ssl_context: ssl.SSLContext | None = None
 
 
@@ -139,9 +143,9 @@ class Response:
 
     __slots__ = ("status", "headers", "keep_alive", "complete", "_conn", "_loop", "_buf", "_size", "_exc",
                  "_waiter", "_timer", "_deadline", "_read_timeout", "_last", "_got_bytes", "_until_close",
-                 "_decoder", "_interim", "_discard")
+                 "_decoder", "_interim", "_discard", "_idle_timeout")
 
-    def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float):
+    def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float, idle_timeout: float | None = None):
         self.status: int | None = None
         self.headers: CIMultiDictProxy | None = None
         self.keep_alive = False
@@ -160,6 +164,7 @@ class Response:
         self._decoder = None
         self._interim = False
         self._discard = False
+        self._idle_timeout = idle_timeout  # replaces read_timeout once the body's first byte is in
         self._timer = loop.call_at(min(self._last + read_timeout, deadline), self._on_timer)
 
     # --- the consumer's side ---------------------------------------------------------------
@@ -356,8 +361,8 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def send(self, payload: bytes, read_timeout: float, deadline: float) -> Response:
-        resp = self.resp = Response(self, self.pool.loop, read_timeout, deadline)
+    def send(self, payload: bytes, read_timeout: float, deadline: float, idle_timeout: float | None = None) -> Response:
+        resp = self.resp = Response(self, self.pool.loop, read_timeout, deadline, idle_timeout)
         self.transport.write(payload)
         return resp
 
@@ -421,7 +426,12 @@ class _Conn(asyncio.Protocol):
         resp._wake()
 
     def on_body(self, body: bytes) -> None:
-        self.resp._feed(body)
+        resp = self.resp
+        if resp._idle_timeout is not None:  # the first byte of the body: from now on, silence counts
+            resp._read_timeout, resp._idle_timeout = resp._idle_timeout, None
+            resp._stop_timer()
+            resp._timer = resp._loop.call_at(min(resp._last + resp._read_timeout, resp._deadline), resp._on_timer)
+        resp._feed(body)
 
     def on_message_complete(self) -> None:
         resp = self.resp
@@ -476,8 +486,11 @@ class Pool:
         self.open: set[_Conn] = set()
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
-                      connect_timeout: float, read_timeout: float, total: float) -> Response:
-        """Send; return once the status and headers are in (the body follows)."""
+                      connect_timeout: float, read_timeout: float, total: float,
+                      idle_timeout: float | None = None) -> Response:
+        """Send; return once the status and headers are in (the body follows). read_timeout
+        runs until the body's first byte, idle_timeout (if given) between its later bytes;
+        a connect timeout raises ConnectTimeout (the request was never sent)."""
         t = _target(method, url)
         payload = _request_bytes(t, headers, body or b"")
         deadline = self.loop.time() + total
@@ -487,7 +500,7 @@ class Pool:
             if conn is None:
                 conn = await self._connect(t, max(min(connect_timeout, deadline - self.loop.time()), 0.001))
             sent_at = self.loop.time()
-            resp = conn.send(payload, read_timeout, deadline)
+            resp = conn.send(payload, read_timeout, deadline, idle_timeout)
             try:
                 await resp._headers()
             except UpstreamDisconnected:
@@ -520,9 +533,12 @@ class Pool:
 
     async def _connect(self, t: _Target, timeout: float) -> _Conn:
         tls = _tls() if t.tls else None
-        _, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: _Conn(self, t.key), t.host, t.port, ssl=tls,
-                                        server_hostname=t.host if tls else None), timeout)
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: _Conn(self, t.key), t.host, t.port, ssl=tls,
+                                            server_hostname=t.host if tls else None), timeout)
+        except asyncio.TimeoutError:
+            raise ConnectTimeout() from None
         self.open.add(conn)
         return conn
 

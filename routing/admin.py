@@ -124,7 +124,7 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ["organization", "name", "kind", "base_url", "api_key", "api_version", "currency",
-                  "connect_timeout", "read_timeout", "enabled"]
+                  "connect_timeout", "first_byte_timeout", "read_timeout", "enabled"]
 
     def save(self, commit=True):
         provider = super().save(commit=False)

@@ -73,7 +73,7 @@ def _provider_snaps() -> dict[int, ProviderSnap]:
         snaps[p.pk] = ProviderSnap(
             id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), api_key=api_key,
             api_version=p.api_version, currency=p.currency, connect_timeout=p.connect_timeout,
-            read_timeout=p.read_timeout,
+            read_timeout=p.read_timeout, first_byte_timeout=p.first_byte_timeout,
         )
     return snaps
 
@@ -111,6 +111,7 @@ def _logical_model_snaps(physical: dict[int, PhysicalModelSnap]) -> dict[tuple[i
             cache_write_price_per_mtok=lm.cache_write_price_per_mtok, output_price_per_mtok=lm.output_price_per_mtok,
             image_prices=_decimal_map(lm.image_prices), price_per_second=lm.price_per_second,
             default_max_output_tokens=lm.default_max_output_tokens, routes=tuple(routes.get(lm.pk, ())),
+            fallback_on_timeout=lm.fallback_on_timeout,
         )
     return snaps
 

@@ -116,8 +116,15 @@ class Provider(models.Model):
     credentials_encrypted = models.TextField(blank=True, default="", editable=False)
     api_version = models.CharField(max_length=40, blank=True, default="", help_text="Azure OpenAI api-version.")
     currency = models.CharField(max_length=3, default="USD", validators=[currency_validator])
+    # Timeouts, seconds: connecting; from the request sent to the answer's first byte (a
+    # reasoning model thinks for minutes before it); silence between chunks after that.
     connect_timeout = models.FloatField(default=10.0, validators=[MinValueValidator(0.1)])
-    read_timeout = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
+    first_byte_timeout = models.FloatField(
+        default=600.0, validators=[MinValueValidator(0.1)],
+        help_text="Seconds from the request sent to the answer's first byte (reasoning models: minutes).")
+    read_timeout = models.FloatField(
+        default=120.0, validators=[MinValueValidator(0.1)],
+        help_text="Seconds of silence allowed between chunks once the answer has started.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -221,6 +228,9 @@ class LogicalModel(models.Model):
     image_prices = models.JSONField(default=dict, blank=True, help_text="Credits per image by size and quality.")
     price_per_second = _sale_price_field("Credits per second of audio.")
     default_max_output_tokens = models.PositiveIntegerField(default=4096)
+    fallback_on_timeout = models.BooleanField(
+        default=False, help_text="Try the next route after a timeout once the request reached the upstream "
+                                 "(the timed-out call may still be billed by the provider).")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

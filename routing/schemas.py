@@ -57,6 +57,7 @@ class ProviderOut(Schema):
     api_version: str
     currency: str
     connect_timeout: float
+    first_byte_timeout: float
     read_timeout: float
     enabled: bool
     has_credentials: bool
@@ -72,7 +73,8 @@ class ProviderIn(Schema):
     api_version: str = ""
     currency: Currency = "USD"
     connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(120.0, gt=0)
+    first_byte_timeout: float = Field(600.0, gt=0, description="Seconds from the request sent to the first byte.")
+    read_timeout: float = Field(120.0, gt=0, description="Seconds of silence between chunks after the first byte.")
     enabled: bool = True
 
 
@@ -84,6 +86,7 @@ class ProviderPatch(Schema):
     api_version: str | None = None
     currency: Currency | None = None
     connect_timeout: float | None = Field(None, gt=0)
+    first_byte_timeout: float | None = Field(None, gt=0)
     read_timeout: float | None = Field(None, gt=0)
     enabled: bool | None = None
 
@@ -167,6 +170,7 @@ class LogicalModelOut(Schema):
     image_prices: dict
     price_per_second: OptionalDecimalText
     default_max_output_tokens: int
+    fallback_on_timeout: bool
     enabled: bool
     routes: list[RouteOut]
 
@@ -192,6 +196,8 @@ class LogicalModelIn(Schema):
     image_prices: dict = {}
     price_per_second: _SALE_PRICE | None = None
     default_max_output_tokens: int = Field(4096, ge=1, le=2**31 - 1)
+    fallback_on_timeout: bool = Field(False, description="Try the next route after a timeout once the request "
+                                      "reached the upstream (it may still be billed there).")
     enabled: bool = True
     routes: list[RouteIn] = []
 
@@ -207,6 +213,7 @@ class LogicalModelPatch(Schema):
     image_prices: dict | None = None
     price_per_second: _SALE_PRICE | None = None
     default_max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    fallback_on_timeout: bool | None = None
     enabled: bool | None = None
     routes: list[RouteIn] | None = Field(None, description="Replaces every route when given.")
 

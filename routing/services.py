@@ -165,7 +165,8 @@ def merchant_create(
 # --- providers ------------------------------------------------------------------------
 
 PROVIDER_FIELDS = frozenset(
-    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "read_timeout", "enabled"}
+    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "first_byte_timeout", "read_timeout",
+     "enabled"}
 )
 
 
@@ -242,7 +243,7 @@ def physical_model_delete(*, physical_model: PhysicalModel) -> None:
 LOGICAL_MODEL_FIELDS = frozenset(
     {"name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
      "cache_write_price_per_mtok", "output_price_per_mtok", "image_prices", "price_per_second",
-     "default_max_output_tokens", "enabled"}
+     "default_max_output_tokens", "fallback_on_timeout", "enabled"}
 )
 
 

@@ -25,7 +25,8 @@ class ProviderSnap:
     api_version: str
     currency: str
     connect_timeout: float
-    read_timeout: float
+    read_timeout: float  # silence between chunks once the answer started
+    first_byte_timeout: float = 600.0  # from the request sent to the answer's first byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class LogicalModelSnap:
     default_max_output_tokens: int
     # Enabled routes to enabled physical models on enabled providers, sorted by priority.
     routes: tuple[RouteSnap, ...]
+    fallback_on_timeout: bool = False  # a timeout after the request was sent may try the next route
 
 
 @dataclass(frozen=True, slots=True)
