@@ -103,8 +103,8 @@ class PhysicalModelForm(forms.ModelForm):
     class Meta:
         model = PhysicalModel
         fields = ["provider", "upstream_model", "modality", "input_cost_per_mtok", "cached_input_cost_per_mtok",
-                  "cache_write_cost_per_mtok", "output_cost_per_mtok", "audio_cost_per_second", "output_limit_parameter",
-                  "max_output_tokens", "enabled"]
+                  "cache_write_cost_per_mtok", "output_cost_per_mtok", "audio_cost_per_second",
+                  "output_limit_parameter", "max_output_tokens", "enabled"]
         labels = {"input_cost_per_mtok": "Input / 1M tokens", "cached_input_cost_per_mtok": "Cached input / 1M",
                   "cache_write_cost_per_mtok": "Cache write / 1M", "output_cost_per_mtok": "Output / 1M tokens",
                   "audio_cost_per_second": "Audio / second"}

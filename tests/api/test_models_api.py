@@ -131,8 +131,8 @@ def test_output_limit_fields_of_a_physical_model(api, org):
 
 
 def test_timeout_fields_of_providers_and_logical_models(api, org):
-    provider = api.post("/providers", {"name": "slow thinker", "kind": "openai", "base_url": "https://api.openai.com/v1",
-                                       "first_byte_timeout": 900})
+    provider = api.post("/providers", {"name": "slow thinker", "kind": "openai",
+                                       "base_url": "https://api.openai.com/v1", "first_byte_timeout": 900})
     assert provider.status_code == 201, provider.content
     assert (provider.json()["first_byte_timeout"], provider.json()["read_timeout"]) == (900, 120)
     model = api.post("/logical-models", {"name": "patient", "fallback_on_timeout": True})
