@@ -80,25 +80,27 @@ class RealBiller:
         # limits and a balance too small for the bound (clamping, below).
         prompt = prompt_bound(ctx)
         rates = await self._route_rates(ctx)
-        output, n = requested_output(ctx), choices(ctx)  # n choices: up to n x max_tokens of output
-        full = max(r.charge_micros(prompt, output * n) for r in rates.values())
+        # Per route, the output the hold covers: the client's limit, or with none the physical
+        # model's own output cap (its worst case: no limit is sent upstream). n choices: n x that.
+        outputs, n = output_bounds(ctx, rates), choices(ctx)
+        full = max(r.charge_micros(prompt, outputs[rid] * n) for rid, r in rates.items())
         # The floor the hold must reach: the cheapest route's MIN_USEFUL_OUTPUT tokens with no
         # prompt (a lower bound); _clamped checks the real floor with the tiktoken estimate.
-        minimum = min(r.charge_micros(0, min(output, MIN_USEFUL_OUTPUT) * n) for r in rates.values())
+        minimum = min(r.charge_micros(0, min(outputs[rid], MIN_USEFUL_OUTPUT) * n) for rid, r in rates.items())
         limit_tokens = self._limit_tokens(ctx)
         if full == 0:  # a model priced at zero on purpose: nothing to hold
             if limit_tokens is not None:
                 await self.limiter.check(ctx.ve, ctx.key, limit_tokens)
-            return Admission(0, output or None, None if len(rates) == len(ctx.model.routes) else frozenset(rates),
+            return Admission(0, None, None if len(rates) == len(ctx.model.routes) else frozenset(rates),
                              AdmitState(rates, prompt))
         reserved = await self._hold(ctx, full, max(minimum, 1), limit_tokens)
         if reserved <= 0:
             raise exhausted(ctx)
-        if reserved >= full:
+        if reserved >= full:  # the worst case is paid for: no output limit is added upstream
             allowed = None if len(rates) == len(ctx.model.routes) else frozenset(rates)
-            return Admission(reserved, output if output else None, allowed, AdmitState(rates, prompt))
+            return Admission(reserved, None, allowed, AdmitState(rates, prompt))
         prompt = prompt_tokens(ctx)  # the balance is short of the bound: clamp with the real estimate
-        return await self._clamped(ctx, reserved, prompt, output, n, AdmitState(rates, prompt))
+        return await self._clamped(ctx, reserved, prompt, outputs, n, AdmitState(rates, prompt))
 
     async def _hold(self, ctx: CallContext, full: int, minimum: int, limit_tokens: int | None) -> int:
         """Reserve; for a VE with rate limits (`limit_tokens` not None), check them at the
@@ -151,11 +153,13 @@ class RealBiller:
             return prompt_tokens(ctx)
         return 0 if ctx.ve.requests_per_minute is not None else None
 
-    async def _clamped(self, ctx, reserved, prompt, output, n, state) -> Admission:
-        """Less than the full estimate is held: keep the routes it pays for, cap the output."""
-        affordable = {rid: _affordable_output(r, reserved, prompt, output * n) // n for rid, r in state.rates.items()}
-        floor = min(output, MIN_USEFUL_OUTPUT)
-        allowed = {rid: n for rid, n in affordable.items() if n >= floor}
+    async def _clamped(self, ctx, reserved, prompt, outputs, n, state) -> Admission:
+        """Less than the full estimate is held: keep the routes it pays for, cap the output.
+        Admission.max_tokens is then the least any kept route affords; a route whose own
+        output cap is within it needs no limit (gateway/proxy.py upstream_body)."""
+        affordable = {rid: _affordable_output(r, reserved, prompt, outputs[rid] * n) // n
+                      for rid, r in state.rates.items()}
+        allowed = {rid: k for rid, k in affordable.items() if k >= min(outputs[rid], MIN_USEFUL_OUTPUT)}
         if not allowed:
             await self._release(ctx)
             raise exhausted(ctx)
@@ -459,14 +463,24 @@ def choices(ctx: CallContext) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
-def requested_output(ctx: CallContext) -> int:
+def requested_output(ctx: CallContext) -> int | None:
+    """The client's output limit; None when it names none (then none is sent upstream
+    unless the balance requires one); 0 for calls without output (embeddings)."""
     if ctx.endpoint not in CHAT_ENDPOINTS:
         return 0
     for name in ("max_completion_tokens", "max_tokens"):
         value = ctx.body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return ctx.model.default_max_output_tokens
+    return None
+
+
+def output_bounds(ctx: CallContext, rates: dict) -> dict[int, int]:
+    """Route id -> the most output tokens (per choice) a call may write there."""
+    requested = requested_output(ctx)
+    if requested is not None:
+        return dict.fromkeys(rates, requested)
+    return {route.id: route.physical_model.max_output_tokens for route in ctx.model.routes if route.id in rates}
 
 
 def exhausted(ctx: CallContext) -> BudgetExhausted:

@@ -46,7 +46,9 @@ class CallContext:
 @dataclass(slots=True)
 class Admission:
     reserved: int = 0  # micro-credits held until settle
-    max_tokens: int | None = None  # the gateway must send at most this many output tokens
+    # The gateway must send at most this many output tokens; None: the hold pays the worst
+    # case (the client's limit, or the model's own output cap), so no limit is added.
+    max_tokens: int | None = None
     allowed_route_ids: frozenset[int] | None = None  # None: any route
     handle: Any = None  # the implementation's own state
 

@@ -66,10 +66,11 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "api_key", "api_version", "currency", "connect_timeout", "read_timeout", "enabled"]
+        fields = ["name", "kind", "base_url", "api_key", "api_version", "currency", "connect_timeout",
+                  "first_byte_timeout", "read_timeout", "enabled"]
         widgets = {"base_url": forms.URLInput(attrs={"placeholder": "https://api.openai.com/v1"})}
         labels = {"base_url": "Base URL", "api_version": "API version", "connect_timeout": "Connect timeout (s)",
-                  "read_timeout": "Read timeout (s)"}
+                  "first_byte_timeout": "First-byte timeout (s)", "read_timeout": "Stream silence timeout (s)"}
 
     def __init__(self, *args, organization: Organization, **kw):
         super().__init__(*args, **kw)
@@ -103,7 +104,8 @@ class PhysicalModelForm(forms.ModelForm):
     class Meta:
         model = PhysicalModel
         fields = ["provider", "upstream_model", "modality", "input_cost_per_mtok", "cached_input_cost_per_mtok",
-                  "cache_write_cost_per_mtok", "output_cost_per_mtok", "audio_cost_per_second", "enabled"]
+                  "cache_write_cost_per_mtok", "output_cost_per_mtok", "audio_cost_per_second",
+                  "output_limit_parameter", "max_output_tokens", "enabled"]
         labels = {"input_cost_per_mtok": "Input / 1M tokens", "cached_input_cost_per_mtok": "Cached input / 1M",
                   "cache_write_cost_per_mtok": "Cache write / 1M", "output_cost_per_mtok": "Output / 1M tokens",
                   "audio_cost_per_second": "Audio / second"}
@@ -128,7 +130,8 @@ class LogicalModelForm(forms.ModelForm):
     class Meta:
         model = LogicalModel
         fields = ["name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
-                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "unsupported_params", "enabled"]
+                  "output_price_per_mtok", "price_per_second", "default_max_output_tokens", "unsupported_params",
+                  "fallback_on_timeout", "enabled"]
         labels = {"input_price_per_mtok": "Sale price: input / 1M (credits)",
                   "cached_input_price_per_mtok": "Sale price: cached input / 1M",
                   "output_price_per_mtok": "Sale price: output / 1M (credits)",

@@ -1,9 +1,15 @@
 """Trying routes in order until one answers: the fallback loop and the attempt trail.
 
-Falls back on connection errors, timeouts, transient statuses (408/409/429/5xx/529),
+Falls back on connection errors, connect timeouts, transient statuses (408/409/429/5xx/529),
 route faults (upstream 401/403/404: our credential or model name) and malformed
 answers. A non-transient UpstreamError is the client's fault: returned as it is, no
 fallback. Every attempt goes into outcome.attempts for the request log.
+
+A timeout once the request was sent (no first byte in time, or silence) is different: the
+upstream may be working on it and bill it, so it is not sent again elsewhere unless the
+logical model opts in (fallback_on_timeout); the call fails with 504, the attempt is
+marked "may be billed upstream", and the breaker does not count it as a failure (a slow
+answer is not a broken route).
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from django.conf import settings
 from billing.gate import Admission, Outcome
 from gateway import errors
 from gateway.adapters.base import UpstreamError
+from gateway.httpclient import ConnectTimeout
 from routing.breaker import breaker
 from routing.selection import plan
 from routing.snapshot import LogicalModelSnap, PhysicalModelSnap, RouteSnap
+
+log = logging.getLogger(__name__)
 
 CAPACITY_STATUSES = frozenset({429, 503, 529})
 alerts = logging.getLogger("tokenbill.alerts")
@@ -28,6 +37,8 @@ alerts = logging.getLogger("tokenbill.alerts")
 # Path segments of a provider URL that say nothing about the account (kept in messages).
 _GENERIC_SEGMENTS = frozenset({"v1", "v1beta", "v2", "v3", "api", "openai", "deployments", "chat", "completions",
                                "models", "embeddings", "audio", "images", "messages", "responses"})
+
+MAY_BE_BILLED = "may be billed upstream"
 
 
 def scrub(message: str, target: PhysicalModelSnap) -> str:
@@ -110,11 +121,21 @@ async def run(model: LogicalModelSnap, admission: Admission, outcome: Outcome, a
             else:
                 kinds.append("bad_answer")
             continue
-        except (asyncio.TimeoutError, TimeoutError):
-            outcome.attempts.append(_attempt(route, 0, "timeout", started))
+        except ConnectTimeout:  # never connected: the request did not leave
+            outcome.attempts.append(_attempt(route, 0, "connect_timeout", started))
             await breaker.failure(pm.id)
             kinds.append("timeout")
             continue
+        except (asyncio.TimeoutError, TimeoutError):
+            record = _attempt(route, 0, "timeout", started)
+            record["note"] = MAY_BE_BILLED
+            outcome.attempts.append(record)
+            log.warning("upstream timeout after the request was sent (%s, physical model %s): %s",
+                        pm.provider.name, pm.id, MAY_BE_BILLED)
+            kinds.append("timeout")
+            if model.fallback_on_timeout:
+                continue
+            raise errors.all_failed("timeout") from None
         except (OSError, ValueError) as exc:  # connection refused or lost, malformed HTTP or JSON
             outcome.attempts.append(_attempt(route, 0, type(exc).__name__, started))
             await breaker.failure(pm.id)

@@ -128,6 +128,10 @@ class ProxyError(ConnectionError):
     """The proxy refused or broke the tunnel."""
 
 
+class ConnectTimeout(asyncio.TimeoutError):
+    """No connection within the connect timeout: the request was never sent."""
+
+
 _ssl_context: ssl.SSLContext | None = None
 
 
@@ -252,9 +256,11 @@ class Response:
 
     __slots__ = ("status", "headers", "keep_alive", "complete", "_conn", "_loop", "_buf", "_size", "_exc",
                  "_waiter", "_timer", "_deadline", "_read_timeout", "_last", "_got_bytes", "_until_close",
-                 "_decoder", "_interim", "_discard", "_total", "_limit", "_slow_side")
+                 "_decoder", "_interim", "_discard", "_total", "_limit", "_slow_side",
+                 "_idle_timeout")
 
-    def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float, limit: int):
+    def __init__(self, conn: "_Conn", loop, read_timeout: float, deadline: float, limit: int,
+                 idle_timeout: float | None = None):
         self.status: int | None = None
         self.headers: CIMultiDictProxy | None = None
         self.keep_alive = False
@@ -276,6 +282,7 @@ class Response:
         self._total = 0  # decoded bytes so far
         self._limit = limit
         self._slow_side = False
+        self._idle_timeout = idle_timeout  # replaces read_timeout once the body's first byte is in
         self._timer = loop.call_at(min(self._last + read_timeout, deadline), self._on_timer)
 
     # --- the consumer's side ---------------------------------------------------------------
@@ -484,8 +491,8 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def send(self, payload: bytes, read_timeout: float, deadline: float) -> Response:
-        resp = self.resp = Response(self, self.pool.loop, read_timeout, deadline, self.pool.max_answer_bytes)
+    def send(self, payload: bytes, read_timeout: float, deadline: float, idle_timeout: float | None = None) -> Response:
+        resp = self.resp = Response(self, self.pool.loop, read_timeout, deadline, self.pool.max_answer_bytes, idle_timeout)
         self.transport.write(payload)
         return resp
 
@@ -557,7 +564,12 @@ class _Conn(asyncio.Protocol):
         resp._wake()
 
     def on_body(self, body: bytes) -> None:
-        self.resp._feed(body)
+        resp = self.resp
+        if resp._idle_timeout is not None:  # the first byte of the body: from now on, silence counts
+            resp._read_timeout, resp._idle_timeout = resp._idle_timeout, None
+            resp._stop_timer()
+            resp._timer = resp._loop.call_at(min(resp._last + resp._read_timeout, resp._deadline), resp._on_timer)
+        resp._feed(body)
 
     def on_message_complete(self) -> None:
         resp = self.resp
@@ -629,12 +641,14 @@ class Pool:
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
                       connect_timeout: float, read_timeout: float, total: float, proxy: str | None = None,
-                      allow_private: bool = True) -> Response:
+                      allow_private: bool = True, idle_timeout: float | None = None) -> Response:
         """Send; return once the status and headers are in (the body follows).
 
         proxy: None = the environment's HTTPS_PROXY / HTTP_PROXY / NO_PROXY; "direct" = none;
         else an http://[user:password@]host:port proxy. allow_private: may the upstream be a
-        private, loopback or link-local address (metadata addresses never are)."""
+        private, loopback or link-local address (metadata addresses never are). read_timeout
+        runs until the body's first byte, idle_timeout (if given) between its later bytes;
+        a connect timeout raises ConnectTimeout (the request was never sent)."""
         t = self._targets.get((method, url, proxy, allow_private))
         if t is None:
             t = self._target(method, url, proxy, allow_private)
@@ -646,7 +660,7 @@ class Pool:
             if conn is None:
                 conn, reused = await self._acquire(t, connect_timeout, deadline)
             sent_at = self.loop.time()
-            resp = conn.send(payload, read_timeout, deadline)
+            resp = conn.send(payload, read_timeout, deadline, idle_timeout)
             try:
                 await resp._headers()
             except UpstreamDisconnected:
@@ -744,19 +758,22 @@ class Pool:
             log.warning("upstream %s:%s refused: the host is %s", t.host, t.port, t.refused)
             raise UpstreamRefused(f"The upstream host is {t.refused}.")
         tls = _tls() if t.tls else None
-        async with asyncio.timeout(timeout):
-            if t.proxy is None:
-                sock = await self._open(t.host, t.port, t.allow_private)
-            else:  # the operator's proxy: on a private network as a rule; never a metadata address
-                sock = await self._open(t.proxy.host, t.proxy.port, True)
-            try:
-                if t.proxy is not None and t.tls:
-                    await self._tunnel(sock, t)
-                _, conn = await self.loop.create_connection(lambda: _Conn(self, t.key), sock=sock, ssl=tls,
-                                                            server_hostname=t.host if tls else None)
-            except BaseException:
-                sock.close()
-                raise
+        try:
+            async with asyncio.timeout(timeout):
+                if t.proxy is None:
+                    sock = await self._open(t.host, t.port, t.allow_private)
+                else:  # the operator's proxy: on a private network as a rule; never a metadata address
+                    sock = await self._open(t.proxy.host, t.proxy.port, True)
+                try:
+                    if t.proxy is not None and t.tls:
+                        await self._tunnel(sock, t)
+                    _, conn = await self.loop.create_connection(lambda: _Conn(self, t.key), sock=sock, ssl=tls,
+                                                                server_hostname=t.host if tls else None)
+                except BaseException:
+                    sock.close()
+                    raise
+        except TimeoutError:
+            raise ConnectTimeout() from None
         self.open.add(conn)
         return conn
 

@@ -99,16 +99,26 @@ def _stream_usage(ctx: CallContext, dec) -> Usage:
 
 
 def upstream_body(body: dict, route: RouteSnap, admission: Admission) -> dict:
+    """The client's body for this route. No output limit is added unless the balance needs
+    one (admission.max_tokens below the limit asked for, or below the model's own cap when
+    none was); a limit goes in the parameter this physical model takes (routing/output_limits.py:
+    max_completion_tokens for OpenAI reasoning models, which refuse max_tokens)."""
+    pm = route.physical_model
     out = dict(body)
-    out["model"] = route.physical_model.upstream_model
+    out["model"] = pm.upstream_model
+    asked = out.get("max_completion_tokens")
+    if not isinstance(asked, int) or isinstance(asked, bool):
+        asked = out.get("max_tokens")
+        asked = asked if isinstance(asked, int) and not isinstance(asked, bool) else None
     cap = admission.max_tokens
-    if cap is not None:
-        if "max_completion_tokens" in out:
-            current = out.get("max_completion_tokens")
-            out["max_completion_tokens"] = cap if not isinstance(current, int) else min(current, cap)
-        else:
-            current = out.get("max_tokens")
-            out["max_tokens"] = cap if not isinstance(current, int) else min(current, cap)
+    limit = asked if cap is None or cap >= (asked or pm.max_output_tokens) else cap
+    if pm.limit_parameter == "max_completion_tokens":
+        if "max_tokens" in out:  # a reasoning model refuses it: the same limit, spelled its way
+            del out["max_tokens"]
+        if limit is not None:
+            out["max_completion_tokens"] = limit
+    elif limit is not None and limit != asked:
+        out["max_completion_tokens" if "max_completion_tokens" in out else "max_tokens"] = limit
     return out
 
 

@@ -41,9 +41,12 @@ async def close() -> None:
 async def send(call: HttpCall, provider: ProviderSnap, remaining: float) -> Response:
     """Send the call; the caller reads and closes the response (`async with resp`)."""
     data = json.dumps(call.json).encode() if call.json is not None else call.data
+    # Until the answer's first byte: first_byte_timeout (a reasoning model thinks for
+    # minutes first); after it, read_timeout is the longest silence between chunks.
     return await pool().request(call.method, call.url, call.headers, data, connect_timeout=provider.connect_timeout,
-                                read_timeout=provider.read_timeout, total=min(remaining, 86400.0),
-                                proxy=provider.proxy, allow_private=provider.allow_private or settings.UPSTREAM_ALLOW_PRIVATE)
+                                read_timeout=provider.first_byte_timeout, total=min(remaining, 86400.0),
+                                idle_timeout=provider.read_timeout, proxy=provider.proxy,
+                                allow_private=provider.allow_private or settings.UPSTREAM_ALLOW_PRIVATE)
 
 
 def _event(block: bytes) -> SSEEvent | None:

@@ -124,7 +124,8 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ["organization", "name", "kind", "base_url", "api_key", "api_version", "currency",
-                  "connect_timeout", "read_timeout", "enabled", "allow_private_network", "proxy_url"]
+                  "connect_timeout", "first_byte_timeout", "read_timeout", "enabled", "allow_private_network",
+                  "proxy_url"]
 
     def save(self, commit=True):
         provider = super().save(commit=False)
@@ -157,7 +158,8 @@ class ProviderAdmin(ConfigChangingAdmin):
 
 @admin.register(PhysicalModel)
 class PhysicalModelAdmin(ConfigChangingAdmin):
-    list_display = ["upstream_model", "provider", "modality", "input_cost_per_mtok", "output_cost_per_mtok", "enabled"]
+    list_display = ["upstream_model", "provider", "modality", "input_cost_per_mtok", "output_cost_per_mtok",
+                    "output_limit_parameter", "max_output_tokens", "enabled"]
     list_filter = ["modality", "enabled", "provider__kind", "provider__organization"]
     search_fields = ["upstream_model", "provider__name"]
     list_select_related = ["provider"]

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from routing import output_limits
 from routing.breaker import breaker
 from routing.snapshot import (
     AccessKeySnap,
@@ -72,7 +73,8 @@ def _provider_snaps() -> dict[int, ProviderSnap]:
         snaps[p.pk] = ProviderSnap(
             id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), api_key=api_key,
             api_version=p.api_version, currency=p.currency, connect_timeout=p.connect_timeout,
-            read_timeout=p.read_timeout, allow_private=p.allow_private_network, proxy=p.proxy_url or None,
+            read_timeout=p.read_timeout, first_byte_timeout=p.first_byte_timeout,
+            allow_private=p.allow_private_network, proxy=p.proxy_url or None,
         )
     return snaps
 
@@ -87,6 +89,9 @@ def _physical_model_snaps(providers: dict[int, ProviderSnap]) -> dict[int, Physi
             input_cost_per_mtok=pm.input_cost_per_mtok, cached_input_cost_per_mtok=pm.cached_input_cost_per_mtok,
             cache_write_cost_per_mtok=pm.cache_write_cost_per_mtok, output_cost_per_mtok=pm.output_cost_per_mtok,
             image_costs=_decimal_map(pm.image_costs), audio_cost_per_second=pm.audio_cost_per_second,
+            limit_parameter=output_limits.parameter(providers[pm.provider_id].kind, pm.upstream_model,
+                                                    pm.output_limit_parameter),
+            max_output_tokens=output_limits.cap(pm.upstream_model, pm.max_output_tokens),
         )
     return snaps
 
@@ -108,6 +113,7 @@ def _logical_model_snaps(physical: dict[int, PhysicalModelSnap]) -> dict[tuple[i
             image_prices=_decimal_map(lm.image_prices), price_per_second=lm.price_per_second,
             default_max_output_tokens=lm.default_max_output_tokens, routes=tuple(routes.get(lm.pk, ())),
             unsupported_params=lm.unsupported_params,
+            fallback_on_timeout=lm.fallback_on_timeout,
         )
     return snaps
 

@@ -147,8 +147,15 @@ class Provider(models.Model):
     credentials_encrypted = models.TextField(blank=True, default="", editable=False)
     api_version = models.CharField(max_length=40, blank=True, default="", help_text="Azure OpenAI api-version.")
     currency = models.CharField(max_length=3, default="USD", validators=[currency_validator])
+    # Timeouts, seconds: connecting; from the request sent to the answer's first byte (a
+    # reasoning model thinks for minutes before it); silence between chunks after that.
     connect_timeout = models.FloatField(default=10.0, validators=[MinValueValidator(0.1)])
-    read_timeout = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
+    first_byte_timeout = models.FloatField(
+        default=600.0, validators=[MinValueValidator(0.1)],
+        help_text="Seconds from the request sent to the answer's first byte (reasoning models: minutes).")
+    read_timeout = models.FloatField(
+        default=120.0, validators=[MinValueValidator(0.1)],
+        help_text="Seconds of silence allowed between chunks once the answer has started.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -200,6 +207,12 @@ def _sale_price_field(help_text: str):
     )
 
 
+class OutputLimitParameter(models.TextChoices):
+    AUTO = "", "By model name"
+    MAX_TOKENS = "max_tokens", "max_tokens"
+    MAX_COMPLETION_TOKENS = "max_completion_tokens", "max_completion_tokens (OpenAI reasoning models)"
+
+
 class PhysicalModel(models.Model):
     """One model on one provider, with its cost per unit in the provider's currency."""
 
@@ -213,6 +226,15 @@ class PhysicalModel(models.Model):
     # {"1024x1024": {"standard": "0.04", "hd": "0.08"}, ...}: decimal strings, provider currency.
     image_costs = models.JSONField(default=dict, blank=True)
     audio_cost_per_second = _price_field("Cost per second of audio, provider currency.")
+    # Output limits (routing/output_limits.py): empty = the default by upstream model name.
+    output_limit_parameter = models.CharField(
+        max_length=32, blank=True, default="", choices=OutputLimitParameter.choices,
+        help_text="How an output limit is sent to an OpenAI-format upstream; empty: by model name "
+                  "(max_completion_tokens for o1/o3/o4/gpt-5 reasoning models).")
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="The model's own output cap; empty: by model name. Sizes the hold of a call that "
+                  "names no limit, and is Anthropic's required max_tokens then.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -253,6 +275,9 @@ class LogicalModel(models.Model):
         max_length=8, choices=UnsupportedParams.choices, default=UnsupportedParams.DROP,
         help_text="A request parameter the serving provider cannot take: drop it (named in the "
                   "x-tokenbill-dropped-params response header) or refuse the call with a 400.")
+    fallback_on_timeout = models.BooleanField(
+        default=False, help_text="Try the next route after a timeout once the request reached the upstream "
+                                 "(the timed-out call may still be billed by the provider).")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -15,7 +15,7 @@ from ninja import Field, Schema
 from pydantic import PlainSerializer
 
 from billing.money import format_credits
-from routing.models import ExhaustionMode, EndpointStatus, Modality, ProviderKind
+from routing.models import ExhaustionMode, EndpointStatus, Modality, OutputLimitParameter, ProviderKind
 
 
 def decimal_text(value: Decimal | None) -> str | None:
@@ -34,6 +34,7 @@ NonNegative = Annotated[Decimal, Field(ge=0, max_digits=30, decimal_places=10)]
 
 ProviderKindT = Literal[tuple(ProviderKind.values)]  # type: ignore[valid-type]
 ModalityT = Literal[tuple(Modality.values)]  # type: ignore[valid-type]
+LimitParameterT = Literal[tuple(OutputLimitParameter.values)]  # type: ignore[valid-type]
 ExhaustionModeT = Literal[tuple(ExhaustionMode.values)]  # type: ignore[valid-type]
 StatusT = Literal[tuple(EndpointStatus.values)]  # type: ignore[valid-type]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -56,6 +57,7 @@ class ProviderOut(Schema):
     api_version: str
     currency: str
     connect_timeout: float
+    first_byte_timeout: float
     read_timeout: float
     enabled: bool
     has_credentials: bool
@@ -71,7 +73,8 @@ class ProviderIn(Schema):
     api_version: str = ""
     currency: Currency = "USD"
     connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(120.0, gt=0)
+    first_byte_timeout: float = Field(600.0, gt=0, description="Seconds from the request sent to the first byte.")
+    read_timeout: float = Field(120.0, gt=0, description="Seconds of silence between chunks after the first byte.")
     enabled: bool = True
 
 
@@ -83,6 +86,7 @@ class ProviderPatch(Schema):
     api_version: str | None = None
     currency: Currency | None = None
     connect_timeout: float | None = Field(None, gt=0)
+    first_byte_timeout: float | None = Field(None, gt=0)
     read_timeout: float | None = Field(None, gt=0)
     enabled: bool | None = None
 
@@ -100,6 +104,8 @@ class PhysicalModelOut(Schema):
     output_cost_per_mtok: DecimalText
     image_costs: dict
     audio_cost_per_second: DecimalText
+    output_limit_parameter: str
+    max_output_tokens: int | None
     enabled: bool
 
 
@@ -113,6 +119,10 @@ class PhysicalModelIn(Schema):
     output_cost_per_mtok: NonNegative = Decimal("0")
     image_costs: dict = {}
     audio_cost_per_second: NonNegative = Decimal("0")
+    output_limit_parameter: LimitParameterT = Field("", description="'' (by model name), max_tokens or "
+                                                    "max_completion_tokens (OpenAI reasoning models).")
+    max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="The model's output cap; "
+                                          "null: by model name.")
     enabled: bool = True
 
 
@@ -125,6 +135,8 @@ class PhysicalModelPatch(Schema):
     output_cost_per_mtok: NonNegative | None = None
     image_costs: dict | None = None
     audio_cost_per_second: NonNegative | None = None
+    output_limit_parameter: LimitParameterT | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     enabled: bool | None = None
 
 
@@ -159,6 +171,7 @@ class LogicalModelOut(Schema):
     price_per_second: OptionalDecimalText
     default_max_output_tokens: int
     unsupported_params: str
+    fallback_on_timeout: bool
     enabled: bool
     routes: list[RouteOut]
 
@@ -187,6 +200,8 @@ class LogicalModelIn(Schema):
     unsupported_params: Literal["drop", "reject"] = Field(
         "drop", description="A parameter the serving provider cannot take: drop it (x-tokenbill-dropped-params) "
                             "or refuse with a 400.")
+    fallback_on_timeout: bool = Field(False, description="Try the next route after a timeout once the request "
+                                      "reached the upstream (it may still be billed there).")
     enabled: bool = True
     routes: list[RouteIn] = []
 
@@ -203,6 +218,7 @@ class LogicalModelPatch(Schema):
     price_per_second: _SALE_PRICE | None = None
     default_max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     unsupported_params: Literal["drop", "reject"] | None = None
+    fallback_on_timeout: bool | None = None
     enabled: bool | None = None
     routes: list[RouteIn] | None = Field(None, description="Replaces every route when given.")
 

@@ -165,8 +165,8 @@ def merchant_create(
 # --- providers ------------------------------------------------------------------------
 
 PROVIDER_FIELDS = frozenset(
-    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "read_timeout", "enabled",
-     "allow_private_network", "proxy_url"}  # (the last two: operator tools only, not in the API's schemas)
+    {"name", "kind", "base_url", "api_version", "currency", "connect_timeout", "first_byte_timeout", "read_timeout",
+     "enabled", "allow_private_network", "proxy_url"}  # (the last two: operator tools only, not in the API's schemas)
 )
 
 
@@ -209,7 +209,8 @@ def provider_delete(*, provider: Provider) -> None:
 
 PHYSICAL_MODEL_FIELDS = frozenset(
     {"upstream_model", "modality", "input_cost_per_mtok", "cached_input_cost_per_mtok", "cache_write_cost_per_mtok",
-     "output_cost_per_mtok", "image_costs", "audio_cost_per_second", "enabled"}
+     "output_cost_per_mtok", "image_costs", "audio_cost_per_second", "output_limit_parameter", "max_output_tokens",
+     "enabled"}
 )
 
 
@@ -242,7 +243,7 @@ def physical_model_delete(*, physical_model: PhysicalModel) -> None:
 LOGICAL_MODEL_FIELDS = frozenset(
     {"name", "description", "modality", "input_price_per_mtok", "cached_input_price_per_mtok",
      "cache_write_price_per_mtok", "output_price_per_mtok", "image_prices", "price_per_second",
-     "default_max_output_tokens", "unsupported_params", "enabled"}
+     "default_max_output_tokens", "unsupported_params", "fallback_on_timeout", "enabled"}
 )
 
 

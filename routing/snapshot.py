@@ -25,7 +25,8 @@ class ProviderSnap:
     api_version: str
     currency: str
     connect_timeout: float
-    read_timeout: float
+    read_timeout: float  # silence between chunks once the answer started
+    first_byte_timeout: float = 600.0  # from the request sent to the answer's first byte
     allow_private: bool = False  # the provider's operator-set flag (UPSTREAM_ALLOW_PRIVATE is read per call)
     proxy: str | None = None  # None: the environment's; "direct": none; else an http:// proxy URL
 
@@ -42,6 +43,10 @@ class PhysicalModelSnap:
     output_cost_per_mtok: Decimal
     image_costs: dict  # {"1024x1024": {"standard": Decimal, ...}}
     audio_cost_per_second: Decimal
+    # Resolved (routing/output_limits.py): how an OpenAI-format upstream takes an output
+    # limit, and the model's own output cap (the worst case of a call naming no limit).
+    limit_parameter: str = "max_tokens"
+    max_output_tokens: int = 32_768
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class LogicalModelSnap:
     routes: tuple[RouteSnap, ...]
     # routing.models.UnsupportedParams: "drop" (and name them in a header) or "reject" (400).
     unsupported_params: str = "drop"
+    fallback_on_timeout: bool = False  # a timeout after the request was sent may try the next route
 
 
 @dataclass(frozen=True, slots=True)

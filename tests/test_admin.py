@@ -90,7 +90,7 @@ def test_provider_form_encrypts_a_new_key_and_keeps_it_when_left_empty(admin_cli
     url = reverse("admin:routing_provider_add")
     data = {"organization": org.pk, "name": "P", "kind": "openai", "base_url": "https://api.example.com/v1",
             "api_key": "sk-typed-in", "api_version": "", "currency": "USD", "connect_timeout": 5,
-            "read_timeout": 60, "enabled": "on",
+            "first_byte_timeout": 600, "read_timeout": 60, "enabled": "on",
             "physical_models-TOTAL_FORMS": 0, "physical_models-INITIAL_FORMS": 0}
     # when
     response = admin_client.post(url, data)

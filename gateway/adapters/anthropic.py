@@ -25,8 +25,6 @@ from gateway.adapters.base import (
 from routing.snapshot import PhysicalModelSnap
 
 ANTHROPIC_VERSION = "2023-06-01"
-# Anthropic requires max_tokens; OpenAI clients often leave it out.
-DEFAULT_MAX_TOKENS = 4096
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -66,7 +64,7 @@ class AnthropicAdapter(Adapter):
             "content-type": "application/json",
         }
         with shapes.client_request():
-            payload = translate_request(body, stream)
+            payload = translate_request(body, stream, target.max_output_tokens)
         return HttpCall("POST", messages_url(target.provider.base_url), headers, payload)
 
     def chat_response(self, target: PhysicalModelSnap, payload: dict) -> tuple[dict, Usage]:
@@ -83,12 +81,14 @@ class AnthropicAdapter(Adapter):
 # --- request ------------------------------------------------------------------------------
 
 
-def translate_request(body: dict, stream: bool) -> dict:
+def translate_request(body: dict, stream: bool, max_output_tokens: int) -> dict:
+    """Anthropic requires max_tokens; OpenAI clients often leave it out: then the model's
+    own output cap (PhysicalModel.max_output_tokens), so nothing is cut short."""
     if (body.get("n") or 1) > 1:
         raise shapes.bad_request("n > 1 is not supported by this model", param="n")
     system, messages = translate_messages(body.get("messages") or [])
     out: dict = {"model": body["model"], "messages": messages,
-                 "max_tokens": shapes.max_output_tokens(body) or DEFAULT_MAX_TOKENS}
+                 "max_tokens": shapes.max_output_tokens(body) or max_output_tokens}
     if system:
         out["system"] = system
     if stream:

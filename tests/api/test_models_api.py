@@ -109,3 +109,33 @@ def test_foreign_logical_and_physical_models_are_404(api, other_org):
     assert api.patch(f"/logical-models/{lm.pk}", {"description": "x"}).status_code == 404
     assert api.delete(f"/logical-models/{lm.pk}").status_code == 404
     assert api.get("/logical-models").json() == [] and api.get("/physical-models").json() == []
+
+
+def test_output_limit_fields_of_a_physical_model(api, org):
+    # given: by default both follow the upstream name (empty / null)
+    provider = factories.make_provider(org)
+    created = _physical(api, provider.pk, "prod-deployment")
+    assert (created["output_limit_parameter"], created["max_output_tokens"]) == ("", None)
+    # when: the merchant says how this deployment takes a limit, and its cap
+    updated = api.patch(f"/physical-models/{created['id']}",
+                        {"output_limit_parameter": "max_completion_tokens", "max_output_tokens": 100_000})
+    # then
+    assert updated.status_code == 200, updated.content
+    assert (updated.json()["output_limit_parameter"], updated.json()["max_output_tokens"]) == (
+        "max_completion_tokens", 100_000)
+    pm = PhysicalModel.objects.get(pk=created["id"])
+    assert (pm.output_limit_parameter, pm.max_output_tokens) == ("max_completion_tokens", 100_000)
+    # and nonsense is refused
+    assert api.patch(f"/physical-models/{created['id']}", {"output_limit_parameter": "maxTokens"}).status_code == 422
+    assert api.patch(f"/physical-models/{created['id']}", {"max_output_tokens": 0}).status_code == 422
+
+
+def test_timeout_fields_of_providers_and_logical_models(api, org):
+    provider = api.post("/providers", {"name": "slow thinker", "kind": "openai",
+                                       "base_url": "https://api.openai.com/v1", "first_byte_timeout": 900})
+    assert provider.status_code == 201, provider.content
+    assert (provider.json()["first_byte_timeout"], provider.json()["read_timeout"]) == (900, 120)
+    model = api.post("/logical-models", {"name": "patient", "fallback_on_timeout": True})
+    assert model.status_code == 201, model.content
+    assert model.json()["fallback_on_timeout"] is True
+    assert LogicalModel.objects.get(pk=model.json()["id"]).fallback_on_timeout

@@ -153,7 +153,8 @@ async def test_budget_never_overspent_under_concurrency(biller, budget):
             outcomes["exhausted"] += 1
             return
         await asyncio.sleep(random.uniform(0.01, 0.05))  # a slow upstream
-        settlement = await biller.settle(ctx, admission, served(ctx, 10, random.randint(min(40, admission.max_tokens), admission.max_tokens)))
+        most = admission.max_tokens or 100  # None: not clamped, the client's 100 stands
+        settlement = await biller.settle(ctx, admission, served(ctx, 10, random.randint(min(40, most), most)))
         outcomes["charged" if settlement.charge else "errors"] += 1
 
     # when 200 calls run at once

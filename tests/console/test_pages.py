@@ -21,7 +21,7 @@ def test_provider_credentials_are_write_only(owner_client, org):
     # when an admin creates a provider with a key
     response = owner_client.post(reverse("console:provider_new"), {
         "name": "OpenAI prod", "kind": "openai", "base_url": "https://api.example.com/v1", "api_key": "sk-very-secret-123",
-        "currency": "USD", "connect_timeout": "5", "read_timeout": "60", "enabled": "on"})
+        "currency": "USD", "connect_timeout": "5", "first_byte_timeout": "600", "read_timeout": "60", "enabled": "on"})
     assert response.status_code == 302
     provider = Provider.objects.get(organization=org, name="OpenAI prod")
     # then it is stored encrypted, and no page shows it
@@ -32,7 +32,7 @@ def test_provider_credentials_are_write_only(owner_client, org):
     # and saving the edit form with the key left empty keeps it
     owner_client.post(reverse("console:provider_edit", args=[provider.pk]), {
         "name": "OpenAI prod", "kind": "openai", "base_url": "https://api.example.com/v1", "api_key": "",
-        "currency": "USD", "connect_timeout": "5", "read_timeout": "60", "enabled": "on"})
+        "currency": "USD", "connect_timeout": "5", "first_byte_timeout": "600", "read_timeout": "60", "enabled": "on"})
     provider.refresh_from_db()
     assert provider.get_credentials() == "sk-very-secret-123"
 

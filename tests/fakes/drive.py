@@ -11,18 +11,21 @@ from decimal import Decimal
 import aiohttp
 
 from gateway.adapters.base import Adapter, SSEEvent, StreamDecoder
+from routing import output_limits
 from routing.snapshot import PhysicalModelSnap, ProviderSnap
 
 
 def target(kind: str, base_url: str, api_key: str, upstream_model: str = "fake-model",
-           modality: str = "chat") -> PhysicalModelSnap:
+           modality: str = "chat", max_output_tokens: int | None = None) -> PhysicalModelSnap:
     provider = ProviderSnap(id=1, name=f"{kind} test", kind=kind, base_url=base_url, api_key=api_key,
                             api_version="", currency="USD", connect_timeout=5.0, read_timeout=10.0)
     zero = Decimal("0")
     return PhysicalModelSnap(id=1, upstream_model=upstream_model, modality=modality, provider=provider,
                              input_cost_per_mtok=zero, cached_input_cost_per_mtok=zero,
                              cache_write_cost_per_mtok=zero, output_cost_per_mtok=zero, image_costs={},
-                             audio_cost_per_second=zero)
+                             audio_cost_per_second=zero,
+                             limit_parameter=output_limits.parameter(kind, upstream_model, ""),
+                             max_output_tokens=output_limits.cap(upstream_model, max_output_tokens))
 
 
 @dataclass

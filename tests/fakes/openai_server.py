@@ -23,6 +23,18 @@ def _body(request) -> dict:
     return request[RECORDED].json or {}
 
 
+# OpenAI's reasoning models refuse max_tokens. The error body as OpenAI returns it, quoted in
+# https://github.com/griptape-ai/ComfyUI-Griptape/issues/312 (gpt-5) and
+# https://github.com/ITSpecialist111/ai_automation_suggester/issues/38 (o1); the API
+# reference (https://platform.openai.com/docs/api-reference/chat/create) marks max_tokens
+# "not compatible with o-series models" in favour of max_completion_tokens.
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+UNSUPPORTED_MAX_TOKENS = {"error": {
+    "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+               "Use 'max_completion_tokens' instead.",
+    "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}
+
+
 class OpenAIFake(FakeServer):
     """An OpenAI-format upstream; base URL for a provider: `fake.base_url` (ends in /v1)."""
 
@@ -41,12 +53,17 @@ class OpenAIFake(FakeServer):
     def endpoint(self, request) -> str:
         return request.path.rsplit("/", 1)[-1] if request.path.startswith("/v1/") else ""
 
+    def model_name(self, request) -> str:
+        return str(_body(request).get("model") or "")
+
     async def default(self, request: web.Request) -> web.StreamResponse:
         if not self.authorized(request):
             return web.json_response({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
                                                  "code": "invalid_api_key", "param": None}}, status=401)
         endpoint = self.endpoint(request)
         if endpoint == "completions":
+            if "max_tokens" in _body(request) and self.model_name(request).startswith(REASONING_PREFIXES):
+                return web.json_response(UNSUPPORTED_MAX_TOKENS, status=400)
             return await stream()(request) if _body(request).get("stream") else await reply()(request)
         if endpoint == "embeddings":
             return web.json_response(fake_upstream.embeddings(_body(request)))
@@ -78,6 +95,10 @@ class AzureFake(OpenAIFake):
         if len(parts) >= 4 and parts[:2] == ["openai", "deployments"]:
             return parts[-1]
         return ""
+
+    def model_name(self, request) -> str:  # Azure: the deployment (named after its model here)
+        parts = request.path.strip("/").split("/")
+        return parts[2] if len(parts) >= 4 else ""
 
 
 # --- behaviours -------------------------------------------------------------------------------

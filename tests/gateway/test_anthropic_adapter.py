@@ -5,6 +5,7 @@ import pytest
 from gateway import tokens
 from gateway.adapters.anthropic import AnthropicAdapter, messages_url
 from gateway.adapters.base import REGISTRY, SSEEvent, UpstreamError
+from routing import output_limits
 from tests.fakes import anthropic_server as fake
 from tests.fakes import drive
 from tests.fakes.anthropic_server import AnthropicFake
@@ -68,9 +69,14 @@ def test_system_messages_are_joined_and_turns_kept():
     assert out["messages"][2]["content"] == [{"type": "text", "text": "How are you?"}]
 
 
-def test_max_tokens_defaults_to_4096_and_max_completion_tokens_wins():
+def test_max_tokens_defaults_to_the_models_output_cap_and_max_completion_tokens_wins():
+    # Anthropic requires max_tokens: with none from the client, the model's own cap (not 4096)
     t = drive.target("anthropic", "http://x", KEY)
-    assert adapter.chat_request(t, chat_body(), stream=False).json["max_tokens"] == 4096
+    assert adapter.chat_request(t, chat_body(), stream=False).json["max_tokens"] == output_limits.FALLBACK_CAP
+    sonnet = drive.target("anthropic", "http://x", KEY, "claude-sonnet-4-20250514")
+    assert adapter.chat_request(sonnet, chat_body(), stream=False).json["max_tokens"] == 64_000
+    configured = drive.target("anthropic", "http://x", KEY, "claude-sonnet-4-20250514", max_output_tokens=20_000)
+    assert adapter.chat_request(configured, chat_body(), stream=False).json["max_tokens"] == 20_000
     assert adapter.chat_request(t, chat_body(max_tokens=50), stream=False).json["max_tokens"] == 50
     both = chat_body(max_tokens=50, max_completion_tokens=70)
     assert adapter.chat_request(t, both, stream=False).json["max_tokens"] == 70
