@@ -526,7 +526,7 @@ def log_row(ctx: CallContext, outcome: Outcome, priced, charged: int, snapshot: 
         "cost_credits": priced.cost_credits if priced else 0, "charge": charged, "price_snapshot": snapshot,
         "client_disconnected": outcome.client_disconnected,
         "started_at": datetime.fromtimestamp(ctx.started_at or 0, tz=UTC), "latency_ms": max(outcome.latency_ms, 0),
-        "ttfb_ms": outcome.ttfb_ms,
+        "ttfb_ms": outcome.ttfb_ms, "reasoning_tokens": max(int(getattr(outcome.usage, "reasoning_tokens", 0) or 0), 0),
     }
 
 

@@ -78,7 +78,7 @@ _ROW_FIELDS = (
     "logical_model_name", "logical_model_id", "physical_model_id", "provider_id", "stream", "status", "http_status",
     "error_code", "attempts", "input_tokens", "cached_input_tokens", "cache_creation_tokens", "output_tokens",
     "images", "audio_seconds", "usage_estimated", "cost", "cost_currency", "cost_credits", "charge", "price_snapshot",
-    "client_disconnected", "started_at", "latency_ms", "ttfb_ms",
+    "client_disconnected", "started_at", "latency_ms", "ttfb_ms", "reasoning_tokens",
 )
 _I_AUDIO, _I_COST, _I_STARTED = (_ROW_FIELDS.index(name) for name in ("audio_seconds", "cost", "started_at"))
 
@@ -178,6 +178,8 @@ def decode(raw: bytes | str):
 
     row, charge = json.loads(raw)
     if isinstance(row, list):  # log_row's fields, in _ROW_FIELDS order
+        if len(row) == len(_ROW_FIELDS) - 1:  # pushed by a gateway from before reasoning_tokens
+            row = [*row, 0]
         row = dict(zip(_ROW_FIELDS, row, strict=True))
     if row is not None:
         for name in _DECIMALS:

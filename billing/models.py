@@ -154,6 +154,9 @@ class RequestLog(models.Model):
     cached_input_tokens = models.PositiveIntegerField(default=0)
     cache_creation_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # Of output_tokens (billed as output, shown apart): OpenAI completion_tokens_details.
+    # reasoning_tokens, Gemini thoughtsTokenCount, Anthropic thinking (counted from its text).
+    reasoning_tokens = models.PositiveIntegerField(default=0)
     images = models.PositiveIntegerField(default=0)
     audio_seconds = models.DecimalField(max_digits=14, decimal_places=3, default=Decimal("0"))
     usage_estimated = models.BooleanField(default=False)

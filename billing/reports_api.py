@@ -57,6 +57,7 @@ class RequestRow(Schema):
     cached_input_tokens: int
     cache_creation_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     usage_estimated: bool
     cost: str
     cost_currency: str
@@ -143,6 +144,7 @@ class RunRow(Schema):
     cached_input_tokens: int
     cache_creation_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     cost: str
     charge: str
 
@@ -173,6 +175,7 @@ class RunStepRow(Schema):
     error_code: str
     input_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     usage_estimated: bool
     cost: str
     charge: str

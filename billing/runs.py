@@ -20,7 +20,8 @@ from django.db.models import Count, Max, Min, Q, Sum
 
 from billing.models import RequestLog, RequestStatus
 
-_SUMS = ("input_tokens", "cached_input_tokens", "cache_creation_tokens", "output_tokens", "cost_credits", "charge")
+_SUMS = ("input_tokens", "cached_input_tokens", "cache_creation_tokens", "output_tokens", "reasoning_tokens",
+         "cost_credits", "charge")
 
 
 class AmbiguousRun(Exception):
@@ -43,6 +44,7 @@ class RunSummary:
     cached_input_tokens: int
     cache_creation_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     cost_credits: int
     charge: int
 
@@ -59,6 +61,7 @@ class RunStep:
     error_code: str
     input_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     cost_credits: int
     charge: int
     usage_estimated: bool
@@ -145,6 +148,7 @@ def run_report(organization_id: int, run_id: str, ve_public_id: str | None = Non
             request_id=row.request_id, started_at=row.started_at, latency_ms=row.latency_ms,
             model=row.logical_model_name, served_by=served, status=row.status, http_status=row.http_status,
             error_code=row.error_code, input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+            reasoning_tokens=row.reasoning_tokens,
             cost_credits=row.cost_credits, charge=row.charge, usage_estimated=row.usage_estimated,
             fallbacks=_fallbacks(row),
         )

@@ -336,3 +336,18 @@ def test_records_are_encoded_when_pushed_and_a_bad_one_does_not_sink_the_batch(s
     queued = [decode(raw)[0]["request_id"] for raw in spool.sync.lrange(spool.key, 0, -1)]
     assert queued == ["good-1"]
     assert "bad-1" in caplog.text and "cannot be encoded" in caplog.text
+
+
+def test_a_record_pushed_before_reasoning_tokens_still_decodes():
+    import json
+
+    from billing import logspool
+
+    row = {name: 0 for name in logspool._ROW_FIELDS}
+    row.update(request_id="old-1", audio_seconds=Decimal(0), cost=Decimal("0.5"), attempts=[], price_snapshot={},
+               started_at=datetime(2026, 12, 1, tzinfo=UTC), reasoning_tokens=7)
+    values, charge = json.loads(logspool.encode(row, None))
+    assert logspool.decode(json.dumps([values, charge]))[0]["reasoning_tokens"] == 7
+    legacy = json.dumps([values[:-1], charge])  # what a gateway of the previous release pushed
+    decoded = logspool.decode(legacy)[0]
+    assert decoded["request_id"] == "old-1" and decoded["reasoning_tokens"] == 0

@@ -131,3 +131,24 @@ def test_console_lists_runs_and_explains_one(client):
     assert page.status_code == 200
     assert "cheap @ P1: 503 upstream_unavailable" in page.content.decode()
     assert client.get(reverse("console:run_detail", args=[ve.public_id, "nope"])).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reasoning_tokens_are_billed_as_output_and_shown_apart(live_gateway, real_biller, upstream):
+    from tests.fakes import openai_server
+
+    world = world_for(upstream)
+    usage = {"prompt_tokens": 12, "completion_tokens": 50, "total_tokens": 62,
+             "completion_tokens_details": {"reasoning_tokens": 44}}  # shape: OpenAI's usage object docs
+    upstream.script(openai_server.reply("Four.", usage=usage))
+    sdk = openai.OpenAI(base_url=f"{live_gateway.url}/v1", api_key=world.secret, max_retries=0)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "2+2?"}], extra_headers={"X-TokenBill-Run-Id": "think-1"})
+    raw.parse()
+    real_biller.flush_sync()
+    row = RequestLog.objects.get(request_id=raw.headers["x-tokenbill-request-id"])
+    assert (row.output_tokens, row.reasoning_tokens) == (50, 44)  # billed as output, kept apart
+    api = _api(world.org)
+    listed = api.get("/requests?run_id=think-1").json()
+    assert listed[0]["reasoning_tokens"] == 44
+    assert api.get("/runs/think-1").json()["run"]["reasoning_tokens"] == 44
