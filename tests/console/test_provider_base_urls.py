@@ -15,7 +15,7 @@ def _create(org, base_url, **kw):
 
 def test_the_console_form_shows_the_refusal_and_accepts_a_service_name(owner_client, org):
     form = {"name": "vllm", "kind": "openai_compatible", "base_url": "http://169.254.169.254/v1", "api_key": "",
-            "currency": "USD", "connect_timeout": "5", "read_timeout": "60", "enabled": "on"}
+            "currency": "USD", "connect_timeout": "5", "first_byte_timeout": "600", "read_timeout": "60", "enabled": "on"}
     refused = owner_client.post(reverse("console:provider_new"), form)
     assert refused.status_code == 422 and b"cloud metadata address" in refused.content
     assert not Provider.objects.filter(organization=org).exists()
