@@ -139,3 +139,60 @@ def test_a_model_created_through_the_api_is_served_on_the_next_call(live_gateway
     # then: served, and only that organization was reloaded
     assert answer.status_code == 200, answer.text
     assert routing_cache.rebuilds == rebuilds
+
+
+# --- several processes against one PostgreSQL and Redis (the Redis pass) ----------------------
+@pytest.fixture
+def other_process(live_gateway, world_openai):
+    """A second gateway process (its own interpreter and cache), warm before the test acts."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.db import connection
+
+    if not settings.REDIS_URL or connection.vendor != "postgresql":
+        pytest.skip("several gateway processes share state through PostgreSQL and Redis: the Redis pass runs this")
+    db = connection.settings_dict
+    env = dict(os.environ, REDIS_PREFIX=settings.REDIS_PREFIX, GATEWAY_GC_TUNING="0",
+               DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.gateway_process"], env=env, stdout=subprocess.PIPE,
+                            cwd=str(settings.BASE_DIR))
+    try:
+        port = int(proc.stdout.readline())
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:  # up and holding a snapshot with the world in it
+            try:
+                if _chat(base, world_openai.secret).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the second gateway process did not start"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_key_created_here_works_at_once_in_another_process_and_its_revocation_too(
+        other_process, world_openai, api):
+    # given: a warm second process; keys created through this process's API
+    for i in range(3):
+        created = api.post(f"/virtual-endpoints/{world_openai.ve.public_id}/keys", json={"name": f"k{i}"}).json()
+        # when / then: its first call, in the other process, right after the API answered
+        answer = _chat(other_process, created["key"])
+        assert answer.status_code == 200, answer.text
+        # and the revocation: refused there on the next call
+        assert api.post(f"/virtual-endpoints/{world_openai.ve.public_id}/keys/{created['id']}/revoke").status_code == 200
+        assert _chat(other_process, created["key"]).status_code == 401
+
+
+def test_a_ve_suspended_here_is_refused_at_once_in_another_process(other_process, world_openai, api):
+    # when
+    patched = api.patch(f"/virtual-endpoints/{world_openai.ve.public_id}", json={"status": "suspended"})
+    assert patched.status_code == 200, patched.text
+    # then
+    assert _chat(other_process, world_openai.secret).status_code == 403
