@@ -226,10 +226,15 @@ def _flush_last_used(key_ids: set[int]) -> None:
     AccessKey.objects.filter(pk__in=key_ids).update(last_used_at=timezone.now())
 
 
+def _nothing() -> None:
+    return None
+
+
 # --- the cache -----------------------------------------------------------------------------
 _SET_MAX = """local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end
 return redis.call('PUBLISH', KEYS[2], ARGV[2])"""
+KEEP_SECONDS = 2.0
 MISS_BATCH = 1000  # key hashes looked up in one query
 GAP_LIMIT = 1000  # more unseen versions than this: rebuild at once
 
@@ -257,23 +262,28 @@ class RoutingCache:
         self._seen: set[int] = set()
         self._recent: dict[int, object] = {}
         self._gap: tuple | None = None
+        self._latest = 0
         self._seq = 0  # moves on every applied change: a miss lookup that raced one is redone
         self._negative: dict = {}  # key hash / ("ve", id) / ("pub", public id) -> monotonic expiry
         self._pending: dict[str, asyncio.Future] = {}
         self._batcher: asyncio.Task | None = None
+        self._kept_at: float | None = None  # the worker's connection, kept since (miss lookups)
         self.rebuilds = 0
         self.miss_queries = 0  # SQL lookups made for misses (bench, tests)
 
     # --- sync API (tests, management commands) ---------------------------------------
     def refresh_now(self) -> Snapshot:
         with self._build_lock:
-            seq = self._seq
+            seq, seen_before = self._seq, set(self._seen)
             snap = build_snapshot()
             self.snapshot = snap  # one assignment: readers see the old or the new, never half
             self._dirty = False
             self.rebuilds += 1
-            self._base = snap.version  # not max(): a restored (or test) database starts lower
-            self._seen = {v for v in self._seen if v > self._base}
+            if snap.version < self._base:  # another database (restored, or a test's): forget its versions
+                self._seen, self._recent = set(), {}
+            self._base = self._latest = snap.version
+            # a change seen before the build began is in it: one seen then "above" it is stale
+            self._seen = {v for v in self._seen - seen_before if v > self._base}
             self._gap = None
             # changes applied while we read (their version above ours) are applied again
             for v, change in list(self._recent.items()):
@@ -403,7 +413,7 @@ class RoutingCache:
             return False
         for _ in range(3):
             seq = self._seq
-            ve, models = await self._in_thread(load_endpoint, lookup.get("pk"), lookup.get("public_id"))
+            ve, models = await self._in_thread(load_endpoint, lookup.get("pk"), lookup.get("public_id"), keep=True)
             self.miss_queries += 1
             if self._seq == seq:
                 break
@@ -430,7 +440,7 @@ class RoutingCache:
                 batch[key_hash] = self._pending.pop(key_hash)
             seq = self._seq
             try:
-                found = await self._in_thread(load_keys, list(batch))
+                found = await self._in_thread(load_keys, list(batch), keep=True)
             except Exception as exc:
                 for future in batch.values():
                     if not future.done():
@@ -475,6 +485,11 @@ class RoutingCache:
                 except (asyncio.CancelledError, Exception):
                     pass
         await self._flush_last_used()
+        if self._kept_at is not None:
+            try:
+                await self._in_thread(_nothing)  # closes the kept connection
+            except Exception:
+                pass
         if self._redis is not None:
             try:
                 await self._redis.aclose()
@@ -483,14 +498,25 @@ class RoutingCache:
             self._redis = None
             breaker._redis = None
 
-    async def _in_thread(self, fn, *args):
+    async def _in_thread(self, fn, *args, keep: bool = False):
+        """Run fn in the cache's worker thread. Its connection is closed after the job, but
+        a miss lookup (`keep`) keeps it: a new PostgreSQL connection costs ~20-30 ms, a cold
+        key's first call should not. The watcher closes it once idle (KEEP_SECONDS)."""
         def job():
             try:
                 return fn(*args)
             finally:
-                connection.close()
+                if keep:
+                    self._kept_at = time.monotonic()
+                else:
+                    self._kept_at = None
+                    connection.close()
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    async def _close_idle(self) -> None:
+        if self._kept_at is not None and time.monotonic() - self._kept_at > KEEP_SECONDS:
+            await self._in_thread(_nothing)
 
     async def _watch(self) -> None:
         self._connect_redis()
@@ -519,6 +545,7 @@ class RoutingCache:
                 if now - last_flush >= LAST_USED_FLUSH_SECONDS:
                     last_flush = now
                     await self._flush_last_used()
+                await self._close_idle()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -526,9 +553,11 @@ class RoutingCache:
 
     def _missed(self, latest: int) -> bool:
         """True when a change up to `latest` never reached this process (a lost message, a
-        change from a process without Redis): seen missing on two checks in a row."""
+        change from a process without Redis): seen missing on two checks in a row (with
+        Redis the SQL row is read every SQL_SAFETY_POLL_SECONDS: healed within ~10.5 s)."""
         if self.snapshot is None:
             return True
+        latest = self._latest = max(self._latest, latest)  # the SQL check may know more than Redis
         if latest <= self._base:
             return False
         if latest - self._base > GAP_LIMIT:
@@ -540,6 +569,8 @@ class RoutingCache:
             self._recent = {v: c for v, c in self._recent.items() if v > latest}
             self._gap = None
             return False
+        if self._redis is None:  # no messages in flight to wait for: rebuild now
+            return True
         previous, self._gap = self._gap, missing
         if previous is not None and set(previous) & set(missing):
             self._gap = None
