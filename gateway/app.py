@@ -121,7 +121,13 @@ class GatewayApp:
                 raise errors.not_found(f"Unknown path: {req.method} {req.path}", code="unknown_path")
             snapshot = await routing_cache.ensure_started()
             secret = auth.secret_from(req.authorization, req.api_key, req.x_api_key)
-            ve, key = auth.authenticate(snapshot, secret, req.ve_public_id)
+            try:
+                ve, key = auth.authenticate(snapshot, secret, req.ve_public_id)
+            except errors.GatewayError:  # not in this process yet? one SQL look (off the loop), then again
+                if not await routing_cache.resolve_miss(auth.key_hash(secret), req.ve_public_id):
+                    raise
+                snapshot = routing_cache.snapshot
+                ve, key = auth.authenticate(snapshot, secret, req.ve_public_id)
             routing_cache.touch_key(key.id)
             if route == "models":
                 await self._models(snapshot, ve, key, req, send)

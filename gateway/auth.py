@@ -1,6 +1,7 @@
 """Who is calling: the VE named by the URL (path or host) and the access key.
 
-Everything is read from the in-process snapshot; nothing here touches SQL."""
+Everything is read from the in-process snapshot; nothing here touches SQL (a miss is
+loaded by routing.cache.RoutingCache.resolve_miss, off the event loop)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def secret_from(authorization: str, api_key: str, x_api_key: str) -> str:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return (api_key or x_api_key).strip()
+
+
+def key_hash(secret: str) -> str | None:
+    return hashlib.sha256(secret.encode()).hexdigest() if secret else None
 
 
 def authenticate(snapshot: Snapshot, secret: str, ve_public_id: str | None) -> tuple[VirtualEndpointSnap, AccessKeySnap]:

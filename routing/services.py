@@ -1,11 +1,13 @@
 """Writes to routing configuration. Every write that changes what the gateway serves
-ends with `config_changed()`, which tells every gateway process to rebuild its snapshot."""
+ends with `config_changed(...)`, naming what changed (key hashes, VEs, organizations) so
+gateway processes patch those entries; a bare `config_changed()` asks for a full rebuild."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
@@ -35,19 +37,48 @@ from routing.models import (
 _config_listeners: list = []
 
 
+@dataclass(frozen=True)
+class ConfigChange:
+    """One committed configuration change. `full`: anything else (providers' shared state,
+    rates, admin bulk edits): every process rebuilds its snapshot."""
+
+    version: int
+    keys: tuple[str, ...] = ()  # access-key hashes
+    endpoints: tuple[tuple[int, str], ...] = ()  # (VE id, public id)
+    organizations: tuple[int, ...] = ()  # logical models, routes, prices, providers of these orgs
+    full: bool = False
+
+    def as_json(self) -> dict:
+        return {"v": self.version, "k": list(self.keys), "e": [list(e) for e in self.endpoints],
+                "o": list(self.organizations), "f": self.full}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ConfigChange":
+        return cls(version=int(data["v"]), keys=tuple(data.get("k", ())),
+                   endpoints=tuple((int(i), str(p)) for i, p in data.get("e", ())),
+                   organizations=tuple(int(o) for o in data.get("o", ())), full=bool(data.get("f")))
+
+
 def on_config_changed(listener) -> None:
-    """Register a callable run after the commit of any configuration change (the gateway's
-    cache publishes the new version to Redis here)."""
+    """Register a callable run with the ConfigChange after the commit of any configuration
+    change (the gateway's cache patches itself and publishes the change to Redis here)."""
     if listener not in _config_listeners:
         _config_listeners.append(listener)
 
 
-def config_changed() -> None:
+def config_changed(*, keys: Iterable[str] = (), endpoints: Iterable = (), organizations: Iterable[int] = ()) -> None:
+    """Move the version (inside the caller's transaction) and, after commit, tell the
+    listeners what changed. Naming nothing means a full rebuild."""
     updated = ConfigVersion.objects.filter(pk=1).update(version=F("version") + 1)
     if not updated:
         ConfigVersion.objects.get_or_create(pk=1, defaults={"version": 1})
+    version = ConfigVersion.objects.filter(pk=1).values_list("version", flat=True).first()  # ours: the row is locked
+    endpoints = tuple((e.pk, e.public_id) if isinstance(e, VirtualEndpoint) else tuple(e) for e in endpoints)
+    keys, organizations = tuple(keys), tuple(organizations)
+    change = ConfigChange(version=version, keys=keys, endpoints=endpoints, organizations=organizations,
+                          full=not (keys or endpoints or organizations))
     for listener in list(_config_listeners):
-        transaction.on_commit(listener)
+        transaction.on_commit(partial(listener, change))
 
 
 @transaction.atomic
@@ -73,7 +104,7 @@ def key_create(
     )
     if allowed_models:
         key.allowed_models.set(allowed_models)
-    config_changed()
+    config_changed(keys=[key.key_hash])
     return key, secret
 
 
@@ -261,7 +292,7 @@ def logical_model_create(*, organization: Organization, name: str, routes: Seque
     _check_fields(fields, LOGICAL_MODEL_FIELDS)
     logical_model = _create(LogicalModel, organization=organization, name=name, **fields)
     _routes_replace(logical_model, routes)
-    config_changed()
+    config_changed(organizations=[organization.pk])
     return logical_model
 
 
@@ -274,14 +305,14 @@ def logical_model_update(*, logical_model: LogicalModel, routes: Sequence[RouteS
         _routes_replace(logical_model, routes)
     elif "modality" in fields:
         _validate_routes(logical_model, [RouteSpec(r.physical_model) for r in logical_model.routes.all()])
-    config_changed()
+    config_changed(organizations=[logical_model.organization_id])
     return logical_model
 
 
 @transaction.atomic
 def logical_model_delete(*, logical_model: LogicalModel) -> None:
     logical_model.delete()
-    config_changed()
+    config_changed(organizations=[logical_model.organization_id])
 
 
 def _validate_routes(logical_model: LogicalModel, routes: Sequence[RouteSpec]) -> None:
@@ -324,7 +355,7 @@ def endpoint_create(*, organization: Organization, name: str, allowed_models: It
     _check_fields(fields, ENDPOINT_FIELDS)
     endpoint = _create(VirtualEndpoint, organization=organization, name=name, **fields)
     endpoint.allowed_models.set(_same_org_models(organization, allowed_models))
-    config_changed()
+    config_changed(endpoints=[endpoint])
     return endpoint
 
 
@@ -334,15 +365,16 @@ def endpoint_update(*, endpoint: VirtualEndpoint, allowed_models: Iterable[Logic
     _save(endpoint, fields=fields, allowed=ENDPOINT_FIELDS)
     if allowed_models is not None:
         endpoint.allowed_models.set(_same_org_models(endpoint.organization, allowed_models))
-    config_changed()
+    config_changed(endpoints=[endpoint])
     return endpoint
 
 
 @transaction.atomic
 def endpoint_delete(*, endpoint: VirtualEndpoint) -> None:
     """Refused (ProtectedError) once the VE has ledger entries: suspend it instead."""
+    named = (endpoint.pk, endpoint.public_id)  # delete() clears the pk
     endpoint.delete()
-    config_changed()
+    config_changed(endpoints=[named])
 
 
 def _same_org_models(organization: Organization, models: Iterable[LogicalModel]) -> list[LogicalModel]:
@@ -368,7 +400,7 @@ def key_update(*, key: AccessKey, allowed_models: Iterable[LogicalModel] | None 
     _save(key, fields=fields, allowed=KEY_FIELDS)
     if allowed_models is not None:
         key.allowed_models.set(_same_org_models(key.virtual_endpoint.organization, allowed_models))
-    config_changed()
+    config_changed(keys=[key.key_hash])
     return key
 
 
@@ -380,8 +412,8 @@ def key_revoke(*, key: AccessKey) -> AccessKey:
 
 @transaction.atomic
 def key_delete(*, key: AccessKey) -> None:
-    key.delete()
-    config_changed()
+    key.delete()  # the hash stays on the instance
+    config_changed(keys=[key.key_hash])
 
 
 # --- credits --------------------------------------------------------------------------

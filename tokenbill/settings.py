@@ -250,6 +250,11 @@ GATEWAY_QUOTA_COOLDOWN = envfloat("GATEWAY_QUOTA_COOLDOWN", 600.0)
 # Off under pytest: the gateway there shares the test runner's process.
 GATEWAY_GC_TUNING = envbool("GATEWAY_GC_TUNING", "pytest" not in sys.modules)
 GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
+# Access keys held per gateway process (most recently used; a cold key is one SQL lookup on
+# its first call), and unknown keys/VEs remembered so repeats do not reach SQL.
+GATEWAY_KEY_CACHE_SIZE = envint("GATEWAY_KEY_CACHE_SIZE", 50_000)
+GATEWAY_NEGATIVE_CACHE_SIZE = envint("GATEWAY_NEGATIVE_CACHE_SIZE", 10_000)
+GATEWAY_NEGATIVE_CACHE_SECONDS = envfloat("GATEWAY_NEGATIVE_CACHE_SECONDS", 5.0)
 # Audio uploads (/v1/audio/transcriptions, /translations): the whole multipart body; OpenAI takes 25 MB files.
 GATEWAY_MAX_UPLOAD_BYTES = envint("GATEWAY_MAX_UPLOAD_BYTES", 26 * 1024 * 1024)
 
