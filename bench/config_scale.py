@@ -20,7 +20,6 @@ own. Prints one JSON object of figures:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import secrets

@@ -16,7 +16,6 @@ from routing import services
 from routing.cache import routing_cache
 from routing.models import AccessKey, ConfigVersion
 from tests import factories
-from tests.gateway.conftest import make_world
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MSG = [{"role": "user", "content": "hello"}]
