@@ -70,8 +70,16 @@ class Request:
             elif name == b"content-length":
                 self.content_length = int(value) if value.isdigit() else -1
             elif name == b"x-tokenbill-run-id":
-                self.run_id = value.decode("latin-1")[:200]
+                self.run_id = _header_text(value)[:200]
         self.request_id = f"{_ID_PREFIX}{next(_ids):012x}"
+
+
+def _header_text(value: bytes) -> str:
+    """UTF-8 when it is (so a run id sent as a header equals the same one in metadata.run_id), else latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _host(scope) -> str:
