@@ -161,7 +161,8 @@ class GatewayApp:
             ctx.model = auth.resolve_model(snapshot, ve, key, name)
             wanted = "chat" if route == "chat" else "embedding"
             if ctx.model.modality != wanted:
-                raise errors.bad_request(f"The model '{name}' is not a {wanted} model.", param="model",
+                article = "an" if wanted[0] in "aeiou" else "a"
+                raise errors.bad_request(f"The model '{name}' is not {article} {wanted} model.", param="model",
                                          code="model_not_supported")
         except errors.GatewayError as exc:
             # Refused before admission: still one request-log row (billing.gate.Biller.record).
