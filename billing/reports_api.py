@@ -224,16 +224,9 @@ def _report(request, run_id: str, ve: str | None) -> runs.RunReport:
     return report
 
 
-@router.get("/runs/{run_id}", response=RunDetail)
-def run_detail(request, run_id: str, ve: str | None = None):
-    """One run: totals, models asked, routes that served, and every call in order with the
-    routes tried before the one that answered (and why they failed)."""
-    report = _report(request, run_id, ve)
-    return {"run": report.summary, "models": report.models, "routes": report.routes,
-            "fallbacks": report.fallbacks, "steps": report.steps}
-
-
-@router.get("/runs/{run_id}/calls.csv")
+# {path:…}: a run id may hold "/" (the console takes it too). The CSV comes first, or the
+# detail route would take "<id>/calls.csv" for a run id.
+@router.get("/runs/{path:run_id}/calls.csv")
 def run_calls_csv(request, run_id: str, ve: str | None = None):
     """The run's calls as CSV, one row per call, amounts in credits."""
     report = _report(request, run_id, ve)
@@ -250,3 +243,12 @@ def run_calls_csv(request, run_id: str, ve: str | None = None):
     response = HttpResponse(out.getvalue(), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="run-{report.summary.virtual_endpoint}.csv"'
     return response
+
+
+@router.get("/runs/{path:run_id}", response=RunDetail)
+def run_detail(request, run_id: str, ve: str | None = None):
+    """One run: totals, models asked, routes that served, and every call in order with the
+    routes tried before the one that answered (and why they failed)."""
+    report = _report(request, run_id, ve)
+    return {"run": report.summary, "models": report.models, "routes": report.routes,
+            "fallbacks": report.fallbacks, "steps": report.steps}

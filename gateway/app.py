@@ -71,10 +71,18 @@ class Request:
             elif name == b"content-length":
                 self.content_length = int(value) if value.isdigit() else -1
             elif name == b"x-tokenbill-run-id":
-                self.run_id = value.decode("latin-1")[:200]
+                self.run_id = _header_text(value)[:200]
             elif name == b"anthropic-version":
                 self.anthropic_version = value.decode("latin-1")
         self.request_id = f"{_ID_PREFIX}{next(_ids):012x}"
+
+
+def _header_text(value: bytes) -> str:
+    """UTF-8 when it is (so a run id sent as a header equals the same one in metadata.run_id), else latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _host(scope) -> str:
@@ -170,7 +178,8 @@ class GatewayApp:
             ctx.model = auth.resolve_model(snapshot, ve, key, name)
             wanted = "chat" if route == "chat" else "embedding"
             if ctx.model.modality != wanted:
-                raise errors.bad_request(f"The model '{name}' is not a {wanted} model.", param="model",
+                article = "an" if wanted[0] in "aeiou" else "a"
+                raise errors.bad_request(f"The model '{name}' is not {article} {wanted} model.", param="model",
                                          code="model_not_supported")
         except errors.GatewayError as exc:
             # Refused before admission: still one request-log row (billing.gate.Biller.record).

@@ -82,8 +82,9 @@ async def _resolve(ctx: CallContext, snapshot, modality: str) -> None:
     try:
         ctx.model = auth.resolve_model(snapshot, ctx.ve, ctx.key, ctx.requested_model)
         if ctx.model.modality != modality:
-            raise errors.bad_request(f"The model '{ctx.requested_model}' is not a {modality} model.", param="model",
-                                     code="model_not_supported")
+            article = "an" if modality[0] in "aeiou" else "a"
+            raise errors.bad_request(f"The model '{ctx.requested_model}' is not {article} {modality} model.",
+                                     param="model", code="model_not_supported")
     except errors.GatewayError as exc:
         await _record_refusal(ctx, exc)  # refused before admission: still one request-log row
         raise

@@ -344,7 +344,8 @@ def _routes_replace(logical_model: LogicalModel, routes: Sequence[RouteSpec]) ->
 
 ENDPOINT_FIELDS = frozenset(
     {"name", "description", "requests_per_minute", "tokens_per_minute", "exhaustion_mode", "checkout_amounts",
-     "checkout_currencies", "checkout_min_amount", "checkout_max_amount", "low_balance_threshold", "status"}
+     "checkout_currencies", "checkout_min_amount", "checkout_max_amount", "low_balance_threshold", "status",
+     "portal_enabled", "portal_email", "portal_manage_keys"}
 )
 
 

@@ -117,6 +117,16 @@ def test_demo_setup_recreates_the_key_when_its_file_is_lost(db, data_dir):
     assert LedgerEntry.objects.count() == 1
 
 
+def test_demo_setup_prints_the_balance_exactly_after_spending(db, data_dir):
+    # given: the demo has spent a little (as after a few calls)
+    _run("demo_setup")
+    VirtualEndpoint.objects.filter(name="Demo endpoint").update(credit_spend=68_000)
+    # when
+    lines = _run("demo_setup")
+    # then: not rounded down to a whole credit
+    assert any(line.endswith("(balance 999.93 credits)") for line in lines), lines
+
+
 def test_create_merchant_refuses_a_malformed_email(db):
     with pytest.raises(CommandError, match="not an email"):
         _run("create_merchant", "A", "not-an-email")

@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from billing.money import format_credits_human
 from billing.rates import rate_in_force, rate_set
 from routing import services
 from routing.models import (
@@ -75,7 +76,7 @@ class Command(BaseCommand):
         endpoint.refresh_from_db()
         base = (base_url or settings.PUBLIC_BASE_URL).rstrip("/")
         self.stdout.write(f"Demo login: {EMAIL} / {PASSWORD}")
-        self.stdout.write(f"Demo endpoint: {endpoint.public_id} (balance {endpoint.balance // 1_000_000:,} credits)")
+        self.stdout.write(f"Demo endpoint: {endpoint.public_id} (balance {format_credits_human(endpoint.balance)} credits)")
         self.stdout.write(f"Demo key: {secret}")
         self.stdout.write(curl_line(base, endpoint.public_id, secret))
 
