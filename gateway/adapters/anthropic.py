@@ -274,8 +274,9 @@ def translate_response(target: PhysicalModelSnap, payload: dict) -> tuple[dict, 
         message["tool_calls"] = calls
     if thinking:  # the field OpenAI-compatible servers (DeepSeek, vLLM) use for reasoning text
         message["reasoning_content"] = "".join(thinking)
-    usage = usage_from(payload.get("usage"))
-    usage.reasoning_tokens = thinking_tokens(target, "".join(thinking))
+    usage = usage_from(payload.get("usage"))  # None when the answer says nothing: the proxy estimates
+    if usage is not None:
+        usage.reasoning_tokens = thinking_tokens(target, "".join(thinking))
     reason = FINISH_REASONS.get(payload.get("stop_reason"), "stop")
     choice = {"index": 0, "message": message, "logprobs": None,
               "finish_reason": "stop" if reason == "tool_calls" and structured and not calls else reason}
