@@ -140,3 +140,45 @@ def _post_webhook(ve: VirtualEndpoint, balance: int) -> None:
                     ve.pk, exc, netguard.redact(org.alert_webhook_url), exc.address or "-")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         log.warning("low-balance webhook for VE %s failed: %s", ve.pk, exc.__class__.__name__)
+
+
+# --- a provider account out of money (OpenAI insufficient_quota) ----------------------------
+def provider_quota_alert(provider_id: int, upstream_model: str) -> bool:
+    """Tell the merchant (owners and admins by email, and the alert webhook) that one of
+    their provider accounts answered insufficient_quota: its routes rest for
+    GATEWAY_QUOTA_COOLDOWN and calls fall over to other routes meanwhile. Once per provider
+    per cooldown across processes (a cache latch), never with the provider's key. True if sent."""
+    from django.core.cache import cache
+
+    from routing.models import Provider
+
+    provider = Provider.objects.select_related("organization").filter(pk=provider_id).first()
+    if provider is None:
+        return False
+    cooldown = int(settings.GATEWAY_QUOTA_COOLDOWN)
+    if not cache.add(f"alert:quota:{provider_id}", 1, max(cooldown, 60)):
+        return False  # already told during this cooldown
+    org = provider.organization
+    recipients = alert_recipients(org.pk)
+    text = (f"The provider account behind \"{provider.name}\" answered that it is out of quota "
+            f"(insufficient_quota) for {upstream_model}. TokenBill rests its routes for {cooldown // 60} minutes "
+            f"and serves from your other routes meanwhile. Top up or raise the limit of that provider account.")
+    if recipients:
+        try:
+            send_mail(subject=f"Provider out of quota: {provider.name}", message=text, from_email=None,
+                      recipient_list=recipients)
+        except Exception:  # noqa: BLE001
+            log.exception("quota alert email for provider %s failed", provider_id)
+    if org.alert_webhook_url:
+        body = json.dumps({"type": "provider.insufficient_quota", "created": timezone.now().isoformat(),
+                           "provider": {"id": provider.pk, "name": provider.name}, "upstream_model": upstream_model,
+                           "cooldown_seconds": cooldown}).encode()
+        headers = {"Content-Type": "application/json"}
+        if org.alert_webhook_secret:
+            headers[SIGNATURE_HEADER] = sign_payload(body, org.alert_webhook_secret)
+        try:
+            netguard.post(org.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS,
+                          allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
+        except Exception as exc:  # noqa: BLE001 - an alert must never break anything
+            log.warning("quota webhook for provider %s failed: %s", provider_id, type(exc).__name__)
+    return True

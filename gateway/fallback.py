@@ -72,6 +72,23 @@ def _out_of_quota(target: PhysicalModelSnap) -> None:
     alerts.error("provider out of quota: provider %s (id %s) answered insufficient_quota for %s; its routes "
                  "cool down for %ss, top up the provider account", provider.name, provider.id, target.upstream_model,
                  int(settings.GATEWAY_QUOTA_COOLDOWN))
+    try:  # and the merchant: email and alert webhook (billing/alerts.py), off the event loop
+        asyncio.get_running_loop().run_in_executor(None, _quota_alert_job, provider.id, target.upstream_model)
+    except RuntimeError:  # no running loop (a synchronous caller): the log line above is the alert
+        pass
+
+
+def _quota_alert_job(provider_id: int, upstream_model: str) -> None:
+    from django.db import connection
+
+    from billing.alerts import provider_quota_alert
+
+    try:
+        provider_quota_alert(provider_id, upstream_model)
+    except Exception:  # noqa: BLE001 - an alert must never break a call
+        logging.getLogger(__name__).exception("quota alert for provider %s failed", provider_id)
+    finally:
+        connection.close()
 
 
 def _cooldown_left(model: LogicalModelSnap) -> float | None:

@@ -59,6 +59,32 @@ def test_insufficient_quota_falls_over_cools_the_provider_down_longer_and_alerts
     assert openai_up.api_key not in text
 
 
+def test_insufficient_quota_emails_the_merchant_once_per_cooldown(live_gateway, openai_up, biller, mailoutbox):
+    from django.core.cache import cache
+
+    from tests import factories
+
+    with OpenAIFake(api_key="sk-second") as second:
+        world = make_world([(openai_up, "openai", "gpt-a", 0, 1), (second, "openai", "gpt-b", 1, 1)])
+        provider = world.physical[0].provider
+        cache.delete(f"alert:quota:{provider.pk}")  # (provider ids repeat across tests)
+        factories.make_member(provider.organization, user=factories.make_user("owner@merchant.example"))
+        openai_up.script(oa.insufficient_quota())
+        sdk(live_gateway, world).chat.completions.create(model="chat", messages=MSG)
+        deadline = time.time() + 10
+        while not mailoutbox and time.time() < deadline:  # sent off the event loop
+            time.sleep(0.05)
+        assert len(mailoutbox) == 1
+        mail = mailoutbox[0]
+        assert mail.to == ["owner@merchant.example"] and provider.name in mail.subject
+        assert "insufficient_quota" in mail.body and openai_up.api_key not in mail.body
+        # the same provider again within its cooldown: no second email
+        from billing.alerts import provider_quota_alert
+
+        assert provider_quota_alert(provider.pk, "gpt-a") is False
+        assert len(mailoutbox) == 1
+
+
 def test_a_plain_429_is_not_taken_for_an_empty_account(live_gateway, openai_up, biller):
     with OpenAIFake(api_key="sk-second") as second:
         world = make_world([(openai_up, "openai", "gpt-a", 0, 1), (second, "openai", "gpt-b", 1, 1)])
