@@ -112,7 +112,7 @@ def measure_build() -> tuple[float, float]:
 
 
 def start_gateway() -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ, TB_NULL_BILLER="1", GATEWAY_GC_TUNING="1")
+    env = dict(os.environ, TB_NULL_BILLER="1", GATEWAY_GC_TUNING="1", UPSTREAM_ALLOW_PRIVATE="1")  # fake upstream: loopback
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.gateway_process"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"

@@ -52,7 +52,7 @@ def test_connections_are_bounded_per_worker_under_load(tmp_path):
     port = _free_port()
     db = connection.settings_dict
     env = {**os.environ, "DEBUG": "1", "TOKENBILL_DATA_DIR": str(tmp_path), "DB_APPLICATION_NAME": app_name,
-           "DB_POOL_MAX_SIZE": str(POOL_MAX), "DJANGO_SETTINGS_MODULE": "tokenbill.settings",
+           "DB_POOL": "1", "DB_POOL_MAX_SIZE": str(POOL_MAX), "DJANGO_SETTINGS_MODULE": "tokenbill.settings",
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "tokenbill.asgi:application", "--port", str(port),
                                "--workers", str(WORKERS), "--lifespan", "on", "--log-level", "warning"],

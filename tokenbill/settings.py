@@ -105,11 +105,15 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME", f"test_tokenbill_{os.getpid()}")}
     _db.setdefault("OPTIONS", {})["application_name"] = env("DB_APPLICATION_NAME", "tokenbill")
-    if envbool("DB_POOL", True):
-        # Under ASGI, Django runs sync code on a thread pool and keeps one persistent
-        # connection per thread: with CONN_MAX_AGE > 0 every thread that ever served a
-        # request held a connection (issue 17: "too many clients"). psycopg's pool bounds
-        # them per process: a request borrows one and gives it back when it ends.
+    # Under ASGI, Django runs sync code on a thread pool and keeps one persistent connection
+    # per thread: with CONN_MAX_AGE > 0 every thread that ever served a request held one
+    # (issue 17: "too many clients"). The default is CONN_MAX_AGE=0 (a Django request closes
+    # its connection when it ends). psycopg's pool (DB_POOL=1) is faster and bounds them per
+    # process, but a connection borrowed by a long-lived thread that never ends a request
+    # (the gateway's background writers and lookups) is never given back: in the full suite
+    # the pool ran dry (8 connections, "couldn't get a connection after 10 s"). Opt-in until
+    # every such thread returns its connection.
+    if envbool("DB_POOL", False):
         _db["CONN_MAX_AGE"] = 0
         _db["OPTIONS"]["pool"] = {"min_size": envint("DB_POOL_MIN_SIZE", 1), "max_size": envint("DB_POOL_MAX_SIZE", 8),
                                   "timeout": envfloat("DB_POOL_TIMEOUT", 10.0)}

@@ -155,7 +155,9 @@ def other_process(live_gateway, world_openai):
     if not settings.REDIS_URL or connection.vendor != "postgresql":
         pytest.skip("several gateway processes share state through PostgreSQL and Redis: the Redis pass runs this")
     db = connection.settings_dict
-    env = dict(os.environ, REDIS_PREFIX=settings.REDIS_PREFIX, GATEWAY_GC_TUNING="0",
+    # UPSTREAM_ALLOW_PRIVATE: the fake upstream is on 127.0.0.1 (with DATABASE_URL set, a
+    # process outside pytest refuses private upstreams by default).
+    env = dict(os.environ, REDIS_PREFIX=settings.REDIS_PREFIX, GATEWAY_GC_TUNING="0", UPSTREAM_ALLOW_PRIVATE="1",
                DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.gateway_process"], env=env, stdout=subprocess.PIPE,
                             cwd=str(settings.BASE_DIR))
