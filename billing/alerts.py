@@ -116,17 +116,19 @@ def sign_payload(body: bytes, secret: str, timestamp: int | None = None) -> str:
 
 
 def _post_webhook(ve: VirtualEndpoint, balance: int) -> None:
-    org = ve.organization
-    body = json.dumps(
-        {
-            "type": "virtual_endpoint.low_balance",
-            "created": timezone.now().isoformat(),
-            "virtual_endpoint": {"id": ve.public_id, "name": ve.name},
-            "balance": format_credits(balance),
-            "threshold": format_credits(ve.low_balance_threshold),
-            "checkout_url": checkout_url(ve.public_id),
-        }
-    ).encode()
+    _send_webhook(ve.organization, {
+        "type": "virtual_endpoint.low_balance",
+        "created": timezone.now().isoformat(),
+        "virtual_endpoint": {"id": ve.public_id, "name": ve.name},
+        "balance": format_credits(balance),
+        "threshold": format_credits(ve.low_balance_threshold),
+        "checkout_url": checkout_url(ve.public_id),
+    }, f"low-balance webhook for VE {ve.pk}")
+
+
+def _send_webhook(org, payload: dict, what: str) -> None:
+    """POST one signed alert to the organization's webhook; failures are logged, never raised."""
+    body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     if org.alert_webhook_secret:
         headers[SIGNATURE_HEADER] = sign_payload(body, org.alert_webhook_secret)
@@ -136,10 +138,9 @@ def _post_webhook(ve: VirtualEndpoint, balance: int) -> None:
         netguard.post(org.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS,
                       allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
     except netguard.UnsafeURL as exc:
-        log.warning("low-balance webhook for VE %s refused: %s (%s -> %s)",
-                    ve.pk, exc, netguard.redact(org.alert_webhook_url), exc.address or "-")
+        log.warning("%s refused: %s (%s -> %s)", what, exc, netguard.redact(org.alert_webhook_url), exc.address or "-")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        log.warning("low-balance webhook for VE %s failed: %s", ve.pk, exc.__class__.__name__)
+        log.warning("%s failed: %s", what, exc.__class__.__name__)
 
 
 # --- a provider account out of money (OpenAI insufficient_quota) ----------------------------
@@ -170,15 +171,7 @@ def provider_quota_alert(provider_id: int, upstream_model: str) -> bool:
         except Exception:  # noqa: BLE001
             log.exception("quota alert email for provider %s failed", provider_id)
     if org.alert_webhook_url:
-        body = json.dumps({"type": "provider.insufficient_quota", "created": timezone.now().isoformat(),
-                           "provider": {"id": provider.pk, "name": provider.name}, "upstream_model": upstream_model,
-                           "cooldown_seconds": cooldown}).encode()
-        headers = {"Content-Type": "application/json"}
-        if org.alert_webhook_secret:
-            headers[SIGNATURE_HEADER] = sign_payload(body, org.alert_webhook_secret)
-        try:
-            netguard.post(org.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS,
-                          allow_private=settings.ALERT_WEBHOOK_ALLOW_PRIVATE)
-        except Exception as exc:  # noqa: BLE001 - an alert must never break anything
-            log.warning("quota webhook for provider %s failed: %s", provider_id, type(exc).__name__)
+        _send_webhook(org, {"type": "provider.insufficient_quota", "created": timezone.now().isoformat(),
+                            "provider": {"id": provider.pk, "name": provider.name}, "upstream_model": upstream_model,
+                            "cooldown_seconds": cooldown}, f"quota webhook for provider {provider_id}")
     return True
